@@ -1,0 +1,153 @@
+"""The `medimg` application: global options, command registration, and `main`.
+
+`main` is the one place where exceptions become exit codes and messages.
+Nothing heavy is imported at module level: `medimg --help` and shell
+completion must stay fast, so protocol libraries load inside the commands.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from medimg_cli import __version__
+from medimg_cli.cli.config_cmd import config_app, profiles_command
+from medimg_cli.cli.echo import echo_command
+from medimg_cli.cli.find import find_command
+from medimg_cli.cli.runtime import Runtime
+from medimg_cli.errors import ExitCode, Interrupted, MedimgError
+
+app = typer.Typer(
+    name="medimg",
+    help="PACS query/retrieve (DICOM DIMSE, DICOMweb) and EHR lookup (FHIR R4) by named "
+    "profiles.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"medimg {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            metavar="PATH",
+            help="Config file (default: $MEDIMG_CONFIG, then `medimg config path`).",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[
+        int,
+        typer.Option("--verbose", "-v", count=True, help="-v association/HTTP detail, -vv more."),
+    ] = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """medimg talks to PACS and EHRs from one terminal.
+
+    Exit codes: 0 success, 1 internal error, 2 usage or configuration,
+    3 could not connect, 4 refused, 5 remote failure, 6 partial, 130 interrupted.
+    """
+    rt = Runtime(config_path=config, verbose=verbose, quiet=quiet)
+    ctx.obj = rt
+    if verbose:
+        _setup_logging(verbose)
+
+
+def _setup_logging(verbose: int) -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("medimg").addHandler(handler)
+    logging.getLogger("medimg").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    if verbose >= 2:
+        # pynetdicom's own association and DIMSE log. Identifiers stay out of it
+        # (LOG_*_IDENTIFIERS are off): -vv logs are meant to be shared.
+        from medimg_cli.dimse.association import tune
+
+        tune()
+        from pynetdicom import _config
+
+        _config.LOG_HANDLER_LEVEL = "standard"
+        logging.getLogger("pynetdicom").addHandler(handler)
+        logging.getLogger("pynetdicom").setLevel(logging.DEBUG)
+
+
+app.command("echo", help="Check that a peer answers (C-ECHO) and how the association goes.")(
+    echo_command
+)
+app.command("find", help="Query for patients, studies, series or instances.")(find_command)
+app.add_typer(config_app, name="config")
+app.command("profiles", help="List the profiles: name, type, endpoint.")(profiles_command)
+
+
+def _interrupt(signum: int, frame: Any) -> NoReturn:
+    raise Interrupted("interrupted")
+
+
+def report_error(message: str, hint: str | None = None) -> None:
+    """One line on stderr: what is wrong, and what to do."""
+    line = f"medimg: {message}" + (f"; {hint}" if hint else "")
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the exit code (exceptions mapped here, and only here)."""
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        result = app(args=argv, prog_name="medimg", standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except MedimgError as exc:
+        report_error(exc.message, exc.hint)
+        return int(exc.exit_code)
+    except BrokenPipeError:
+        # The reader of our stdout went away (`medimg find ... | head`): stop quietly.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return int(ExitCode.OK)
+    except Exception as exc:
+        shown = getattr(exc, "show", None)
+        code = getattr(exc, "exit_code", None)
+        if callable(shown) and isinstance(code, int):  # a Click usage error
+            shown()
+            return code
+        if type(exc).__name__ == "Abort":
+            return int(ExitCode.INTERRUPTED)
+        import logging
+
+        logging.getLogger("medimg").debug("internal error", exc_info=True)
+        report_error(
+            f"internal error: {type(exc).__name__}: {exc}",
+            "this is a bug; rerun with -vv and report the output",
+        )
+        return int(ExitCode.INTERNAL)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def main() -> NoReturn:
+    """Console-script entry point."""
+    sys.exit(run())

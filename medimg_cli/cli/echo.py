@@ -1,0 +1,92 @@
+"""`medimg echo PROFILE`: is the peer there, and does it accept us?"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from medimg_cli.cli.dimse_common import dimse_target, show_association_report
+from medimg_cli.cli.options import (
+    CalledAetOpt,
+    CallingAetOpt,
+    FormatOpt,
+    ProfileArg,
+    TimeoutOpt,
+    check_format,
+    require_type,
+    runtime,
+)
+
+
+def echo_command(
+    ctx: typer.Context,
+    profile_name: ProfileArg,
+    *,
+    count: Annotated[
+        int, typer.Option("--count", "-c", min=1, help="Number of C-ECHOs to send.")
+    ] = 1,
+    interval: Annotated[
+        float, typer.Option("--interval", "-i", min=0, help="Seconds between C-ECHOs.")
+    ] = 1.0,
+    timeout: TimeoutOpt = None,
+    calling_aet: CallingAetOpt = None,
+    called_aet: CalledAetOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Check that a peer answers: C-ECHO for a DIMSE profile.
+
+    Prints each round trip; -v adds the association report (accepted
+    contexts, the peer's max PDU, implementation class UID and version).
+    """
+    from medimg_cli.dimse.association import AssociationReport
+    from medimg_cli.dimse.echo import EchoResult, echo
+    from medimg_cli.output import write_json
+
+    rt = runtime(ctx)
+    profile = rt.profile(profile_name)
+    if profile.type != "dimse":
+        require_type(profile, "echo", ("dimse",))
+    fmt = check_format(fmt, rt, ("table", "json", "jsonl"))
+    target = dimse_target(profile, calling_aet=calling_aet, called_aet=called_aet,
+                          timeout=timeout)
+    peer = f"{target.called_aet}@{target.host}:{target.port}"
+    reports: list[AssociationReport] = []
+
+    def show(result: EchoResult) -> None:
+        if result.seq == 1 and reports:
+            show_association_report(rt, reports[0], target.calling_aet, peer)
+        ms = result.seconds * 1000
+        if fmt == "table":
+            rt.stdout.write(
+                f"C-ECHO {peer}: seq={result.seq} status=0x{result.status:04X} "
+                f"time={ms:.2f} ms\n"
+            )
+        elif fmt == "jsonl":
+            import json
+
+            rt.stdout.write(json.dumps({"peer": peer, "seq": result.seq,
+                                        "status": result.status, "ms": round(ms, 3)}) + "\n")
+        rt.stdout.flush()
+
+    results = echo(target, count=count, interval=interval, on_result=show, report=reports)
+    times = [r.seconds * 1000 for r in results]
+    if fmt == "json":
+        write_json(
+            {
+                "profile": profile.name,
+                "peer": peer,
+                "calling_aet": target.calling_aet,
+                "association": reports[0].as_dict() if reports else None,
+                "echoes": [
+                    {"seq": r.seq, "status": r.status, "ms": round(r.seconds * 1000, 3)}
+                    for r in results
+                ],
+            },
+            rt.stdout,
+        )
+    if count > 1:
+        rt.info(
+            f"{len(results)} C-ECHOs to {peer}: round trip min/avg/max = "
+            f"{min(times):.2f}/{sum(times) / len(times):.2f}/{max(times):.2f} ms"
+        )

@@ -1,0 +1,1 @@
+"""DICOM DIMSE over pynetdicom: association setup and diagnosis, echo, find."""
