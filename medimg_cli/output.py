@@ -167,8 +167,10 @@ def _table(
             row.append(_pretty_date(text) if key.vr == "DA" else text)
         table.add_row(*row)
         count += 1
+    # On a terminal the table fits its width; written to a file it is never cut.
+    terminal = hasattr(out, "isatty") and out.isatty()
     console = Console(file=out, force_terminal=color, no_color=not color, highlight=False,
-                      soft_wrap=False)
+                      soft_wrap=False, width=None if terminal else 4096)
     console.print(table)
     return count
 

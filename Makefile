@@ -1,0 +1,41 @@
+# make test    - create .venv if missing, install medimg with its test extra,
+#                run ruff, mypy and pytest (the README's test command; CI runs it)
+# make demo    - start a local Orthanc with generated studies, run echo and find on it
+# make completions - regenerate completions/ from the app
+# make bench   - benchmarks (bench/), comparing with DCMTK and pynetdicom's apps
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint demo completions bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check medimg_cli tests bench scripts
+	$(BIN)/mypy medimg_cli
+
+test: lint
+	$(BIN)/pytest
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py
+
+completions: $(STAMP)
+	for shell in bash zsh fish; do \
+	  _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION=1 $(BIN)/medimg --show-completion $$shell \
+	    > completions/medimg.$$shell; \
+	done
+
+bench: $(STAMP)
+	$(BIN)/python bench/find.py
+	$(BIN)/python bench/startup.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+complete --command medimg --no-files --arguments "(env _MEDIMG_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) medimg)" --condition "env _MEDIMG_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) medimg"
