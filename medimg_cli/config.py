@@ -154,9 +154,9 @@ def _url(value: Any) -> str:
 def _choice(*choices: str, aliases: Mapping[str, str] | None = None) -> Validator:
     def check(value: Any) -> str:
         if isinstance(value, str):
-            value = (aliases or {}).get(value, value)
-            if value in choices:
-                return value
+            name = (aliases or {}).get(value, value)
+            if name in choices:
+                return name
         raise ValueError("one of " + ", ".join(choices))
 
     return check
@@ -482,7 +482,7 @@ def sample_config() -> str:
     """The commented starter config shipped with the package."""
     from importlib.resources import files
 
-    return (files("medimg_cli") / "sample-config.toml").read_text(encoding="utf-8")
+    return str((files("medimg_cli") / "sample-config.toml").read_text(encoding="utf-8"))
 
 
 def write_new_config(path: Path, text: str, *, force: bool) -> None:

@@ -102,7 +102,8 @@ def test_bad_key_errors_name_file_profile_key_expected_and_found(
 
 
 def test_missing_required_key_and_bad_type_are_named() -> None:
-    assert "[profiles.p] called_aet: missing" in errors_of('[profiles.p]\ntype = "dimse"\nhost = "h"\n')
+    no_aet = '[profiles.p]\ntype = "dimse"\nhost = "h"\n'
+    assert "[profiles.p] called_aet: missing" in errors_of(no_aet)
     assert "[profiles.p] type: expected one of dimse, dicomweb, fhir, found 'dicom'" in errors_of(
         '[profiles.p]\ntype = "dicom"\n')
     assert "found nothing" in errors_of('[profiles.p]\nhost = "h"\n')

@@ -90,7 +90,7 @@ def test_bad_level_root_limit_and_uid_are_usage_errors() -> None:
         build_query(level="patient")
     with pytest.raises(UsageError, match="--limit 0"):
         build_query(limit=0)
-    with pytest.raises(UsageError, match="'1.2.x' is not a DICOM UID"):
+    with pytest.raises(UsageError, match=r"'1\.2\.x' is not a DICOM UID"):
         build_query(study_uid="1.2.x")
     with pytest.raises(UsageError, match="--modality"):
         build_query(modality="C T")

@@ -138,4 +138,5 @@ def profiles_command(ctx: typer.Context, fmt: FormatOpt = None) -> None:
         width = max(len(r["name"]) for r in rows)
         for row in rows:
             vendor = f"  ({row['vendor']})" if row["vendor"] else ""
-            rt.stdout.write(f"{row['name']:<{width}}  {row['type']:<8}  {row['endpoint']}{vendor}\n")
+            line = f"{row['name']:<{width}}  {row['type']:<8}  {row['endpoint']}{vendor}"
+            rt.stdout.write(line + "\n")

@@ -8,7 +8,7 @@ answered by walking the hierarchy (PS3.4 C.4.1.3.1), which every PACS accepts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from medimg_cli.dimse.association import AssociationReport, Target, open_association
@@ -27,6 +27,10 @@ FIND_MODELS = {
 TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 _DROP = ("00080005", "00080052")  # SpecificCharacterSet, QueryRetrieveLevel
 _PENDING = (0xFF00, 0xFF01)
+_MODALITIES_IN_STUDY = "00080061"
+_MODALITY = "00080060"
+_STUDY_UID = "0020000D"
+_PATIENT_ID = "00100020"
 _CANCELLED = 0xFE00
 
 
@@ -43,7 +47,9 @@ def build_identifier(step: Step) -> Dataset:
         try:
             ds.add_new(key.tag, key.vr, value if value else None)
         except (ValueError, TypeError) as exc:
-            raise UsageError(f"{key.keyword} '{value}' is not a valid {key.vr} value: {exc}")
+            raise UsageError(
+                f"{key.keyword} '{value}' is not a valid {key.vr} value: {exc}"
+            ) from None
     if non_ascii:
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
@@ -69,9 +75,19 @@ class _Finder:
         self.model = FIND_MODELS[query.root]
         self.remaining = query.limit
         self.msg_id = 0
+        self.deferred: list[dict[str, Any]] = []
 
-    def run(self, step: Step, fixed: Mapping[str, str]) -> Iterator[dict[str, Any]]:
-        """One C-FIND; stops (with C-CANCEL) when the query's limit is reached."""
+    def run(
+        self,
+        step: Step,
+        fixed: Mapping[str, str],
+        accept: Callable[[dict[str, Any]], bool | None] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """One C-FIND; stops (with C-CANCEL) when the query's limit is reached.
+
+        `accept` checks matches on our side: False drops one, None defers it
+        (checked by `settle` once this C-FIND is over).
+        """
         identifier = build_identifier(step)
         self.msg_id = self.msg_id % 65535 + 1
         msg_id = self.msg_id
@@ -83,12 +99,17 @@ class _Finder:
             if code in _PENDING:
                 if cancelled or response is None:
                     continue
-                yield to_json(response, fixed)
-                if counting and self.remaining is not None:
-                    self.remaining -= 1
-                    if self.remaining <= 0:
-                        self.assoc.send_c_cancel(msg_id, query_model=self.model)
-                        cancelled = True
+                record = to_json(response, fixed)
+                verdict = accept(record) if accept is not None else True
+                if verdict is None:
+                    self.deferred.append(record)
+                    continue
+                if not verdict:
+                    continue
+                yield record
+                if counting and self.count_one():
+                    self.assoc.send_c_cancel(msg_id, query_model=self.model)
+                    cancelled = True
             elif code in (0x0000, _CANCELLED):
                 return
             else:
@@ -99,6 +120,58 @@ class _Finder:
                     hint="the PACS refused the query; rerun with -vv to see the identifier sent",
                 )
 
+    def count_one(self) -> bool:
+        """Count a delivered match; True when the limit is reached."""
+        if self.remaining is None:
+            return False
+        self.remaining -= 1
+        return self.remaining <= 0
+
+    def run_study_level(self, step: Step, fixed: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+        """A study-level C-FIND, with ModalitiesInStudy checked on our side.
+
+        Some PACS (DCMTK's dcmqrscp among them) neither match nor return
+        ModalitiesInStudy. Matches that come back without it are checked after
+        the query with a series-level C-FIND of their modalities, which are
+        then filled in.
+        """
+        wanted = self.query.filters.get("ModalitiesInStudy")
+        if wanted is None:
+            yield from self.run(step, fixed)
+            return
+        modalities = set(wanted[1].split("\\"))
+
+        def accept(record: dict[str, Any]) -> bool | None:
+            found = record.get(_MODALITIES_IN_STUDY, {}).get("Value")
+            if not found:
+                return None
+            return bool(modalities.intersection(str(v) for v in found))
+
+        self.deferred = []
+        yield from self.run(step, fixed, accept)
+        deferred, self.deferred = self.deferred, []
+        for record in deferred:
+            if self.done():
+                return
+            found = self.series_modalities(record)
+            if found:
+                record[_MODALITIES_IN_STUDY] = {"vr": "CS", "Value": sorted(found)}
+            if modalities.intersection(found):
+                yield record
+                self.count_one()
+
+    def series_modalities(self, study: dict[str, Any]) -> set[str]:
+        """The modalities of a study's series, by a series-level C-FIND."""
+        fixed = {"StudyInstanceUID": str(study.get(_STUDY_UID, {}).get("Value", [""])[0])}
+        if self.query.root == "patient":
+            fixed["PatientID"] = str(study.get(_PATIENT_ID, {}).get("Value", [""])[0])
+        step = Query(level="series", root=self.query.root).step("series", fixed)
+        found: set[str] = set()
+        for record in self.run(step, fixed):
+            for modality in record.get(_MODALITY, {}).get("Value", []):
+                found.add(str(modality))
+        return found
+
     def done(self) -> bool:
         return self.remaining is not None and self.remaining <= 0
 
@@ -107,7 +180,8 @@ class _Finder:
         level = chain[depth]
         step = self.query.step(level, fixed)
         if level == self.query.level:
-            yield from self.run(step, fixed)
+            yield from self.run_study_level(step, fixed) if level == "study" else self.run(
+                step, fixed)
             return
         unique = UNIQUE_KEY[level]
         hex_tag = lookup_key(unique).hex
@@ -136,4 +210,8 @@ def find(
                 UNIQUE_KEY[level]: query.filters[UNIQUE_KEY[level]][1]
                 for level in query.chain[:-1]
             }
-            yield from finder.run(query.step(query.level, fixed), fixed)
+            step = query.step(query.level, fixed)
+            if query.level == "study":
+                yield from finder.run_study_level(step, fixed)
+            else:
+                yield from finder.run(step, fixed)
