@@ -8,11 +8,14 @@ answered by walking the hierarchy (PS3.4 C.4.1.3.1), which every PACS accepts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 from medimg_cli.dimse.association import AssociationReport, Target, open_association
-from medimg_cli.dimse.status import check_no_response, describe_status
+from medimg_cli.dimse.dicomjson import encoded_to_json
+from medimg_cli.dimse.status import describe_status, no_response_error
 from medimg_cli.errors import RemoteError, UsageError
 from medimg_cli.query import DIMSE_LEVEL, UNIQUE_KEY, Query, Step, lookup_key
 
@@ -27,6 +30,12 @@ FIND_MODELS = {
 TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 _DROP = ("00080005", "00080052")  # SpecificCharacterSet, QueryRetrieveLevel
 _PENDING = (0xFF00, 0xFF01)
+# The upper unique keys a walk fills in: keyword -> (tag as hex, VR).
+_FIXED_KEYS = {
+    "PatientID": ("00100020", "LO"),
+    "StudyInstanceUID": ("0020000D", "UI"),
+    "SeriesInstanceUID": ("0020000E", "UI"),
+}
 _MODALITIES_IN_STUDY = "00080061"
 _MODALITY = "00080060"
 _STUDY_UID = "0020000D"
@@ -55,16 +64,70 @@ def build_identifier(step: Step) -> Dataset:
     return ds
 
 
-def to_json(identifier: Dataset, fixed: Mapping[str, str]) -> dict[str, Any]:
+def to_json(data: bytes, implicit: bool, fixed: Mapping[str, str]) -> dict[str, Any]:
     """A C-FIND response identifier in the DICOM JSON model, upper unique keys filled in."""
-    record: dict[str, Any] = identifier.to_json_dict()
+    record = encoded_to_json(data, implicit)
     for tag in _DROP:
         record.pop(tag, None)
     for keyword, value in fixed.items():
-        hex_tag = lookup_key(keyword).hex
+        hex_tag, vr = _FIXED_KEYS[keyword]
         if "Value" not in record.get(hex_tag, {}):
-            record[hex_tag] = {"vr": "UI" if keyword != "PatientID" else "LO", "Value": [value]}
-    return dict(sorted(record.items()))
+            record[hex_tag] = {"vr": vr, "Value": [value]}
+            record = dict(sorted(record.items()))
+    return record
+
+
+def send_c_find(
+    assoc: Association, target: Target, identifier: Dataset, model: str, msg_id: int
+) -> Iterator[tuple[int, bytes | None, bool, str]]:
+    """Send a C-FIND-RQ; yield (status, identifier bytes, implicit VR, error comment).
+
+    The same exchange as pynetdicom's `send_c_find`, with the same reactor
+    hand-off, but the response identifiers are handed over as bytes: decoding
+    them into pydicom datasets cost more than the whole network exchange.
+    """
+    from pydicom.uid import UID
+    from pynetdicom.dimse_primitives import C_FIND
+    from pynetdicom.dsutils import encode
+
+    context = assoc._get_valid_context(model, "", "scu")
+    syntax = context.transfer_syntax[0]
+    implicit = bool(syntax.is_implicit_VR)
+    req = C_FIND()
+    req.MessageID = msg_id
+    req.AffectedSOPClassUID = UID(model)
+    req.Priority = 2
+    encoded = encode(identifier, implicit, True, False)
+    if encoded is None:  # pragma: no cover - build_identifier makes encodable datasets
+        raise RemoteError("could not encode the C-FIND identifier")
+    req.Identifier = BytesIO(encoded)
+
+    assoc._reactor_checkpoint.clear()
+    try:
+        while not assoc._is_paused:
+            time.sleep(0.0001)
+        assoc.dimse.send_msg(req, int(context.context_id or 0))
+        while True:
+            _, rsp = assoc.dimse.get_msg(block=True)
+            if rsp is None:
+                raise no_response_error(assoc, target, "C-FIND")
+            if not isinstance(rsp, C_FIND) or not rsp.is_valid_response:
+                assoc.abort()
+                raise RemoteError(
+                    "the peer answered the C-FIND with an invalid message; aborted",
+                    hint="rerun with -vv and send the log to the PACS vendor",
+                )
+            code = int(rsp.Status or 0)
+            comment = str(rsp.ErrorComment or "")
+            if code in _PENDING:
+                stream = rsp.Identifier
+                data = stream.getvalue() if isinstance(stream, BytesIO) else None
+                yield code, data, implicit, comment
+                continue
+            yield code, None, implicit, comment
+            return
+    finally:
+        assoc._reactor_checkpoint.set()
 
 
 class _Finder:
@@ -93,13 +156,13 @@ class _Finder:
         msg_id = self.msg_id
         counting = step.level == self.query.level
         cancelled = False
-        for status, response in self.assoc.send_c_find(identifier, self.model, msg_id=msg_id):
-            check_no_response(status, self.assoc, self.target, "C-FIND")
-            code = int(status.Status)
+        for code, data, implicit, comment in send_c_find(
+            self.assoc, self.target, identifier, self.model, msg_id
+        ):
             if code in _PENDING:
-                if cancelled or response is None:
+                if cancelled or data is None:
                     continue
-                record = to_json(response, fixed)
+                record = to_json(data, implicit, fixed)
                 verdict = accept(record) if accept is not None else True
                 if verdict is None:
                     self.deferred.append(record)
@@ -113,7 +176,6 @@ class _Finder:
             elif code in (0x0000, _CANCELLED):
                 return
             else:
-                comment = str(status.get("ErrorComment", "") or "")
                 raise RemoteError(
                     f"C-FIND failed: {describe_status(code, 'find')}"
                     + (f" ({comment})" if comment else ""),

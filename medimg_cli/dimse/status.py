@@ -28,6 +28,33 @@ def describe_status(code: int, service: str) -> str:
     return f"0x{code:04X} {category}" + (f": {text}" if text else "")
 
 
+def no_response_error(
+    assoc: Association, target: Target, what: str
+) -> ConnectError | RefusedError:
+    """No response message arrived: aborted by the peer, connection lost, or timeout.
+
+    Tells them apart before pynetdicom's own handling aborts a timed-out
+    association, then lets it do so.
+    """
+    aborted = assoc.acse.is_aborted("a-abort")
+    lost = assoc.acse.is_aborted("a-p-abort")
+    assoc._handle_no_response()
+    if aborted:
+        return RefusedError(
+            f"the peer aborted the association during {what}",
+            hint="check the PACS's log; rerun with -vv for the exchange",
+        )
+    if lost:
+        return ConnectError(
+            f"the connection to {target.host}:{target.port} was lost during {what}",
+            hint="the PACS closed it or the network dropped it; check the PACS's log",
+        )
+    return ConnectError(
+        f"no {what} response from {target.host}:{target.port} within {target.timeout:g} s",
+        hint="the PACS may be overloaded, or the network path broken; --timeout sets the limit",
+    )
+
+
 def check_no_response(status: Any, assoc: Association, target: Target, what: str) -> None:
     """pynetdicom answers an empty status when the exchange broke: say why."""
     if status is not None and "Status" in status:

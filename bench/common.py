@@ -1,0 +1,70 @@
+"""Shared benchmark machinery: run whole processes, measure wall time and peak RSS."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the test suite's peers and data generators
+BIN = Path(sys.executable).parent
+MEDIMG = str(BIN / "medimg")
+
+
+@dataclass
+class Runs:
+    """Repeated runs of one command: wall seconds and peak RSS (MiB) of each."""
+
+    name: str
+    argv: Sequence[str]
+    walls: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.walls)
+
+    @property
+    def peak(self) -> float:
+        return statistics.median(self.rss)
+
+
+def run_once(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run argv to completion (stdout discarded); return (wall seconds, peak RSS MiB)."""
+    with tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-2000:]
+            raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {tail}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def measure(runs: Sequence[Runs], repeat: int = 3, env: dict[str, str] | None = None) -> None:
+    """Run every command `repeat` times, interleaved so that noise hits all alike."""
+    for _ in range(repeat):
+        for r in runs:
+            wall, rss = run_once(r.argv, env)
+            r.walls.append(wall)
+            r.rss.append(rss)
+
+
+def report(title: str, runs: Sequence[Runs], baseline: str) -> None:
+    """Print medians and ratios to the baseline (wall time / baseline's wall time)."""
+    base = next(r for r in runs if r.name == baseline)
+    print(f"\n{title}  (median of {len(base.walls)}; ratio = wall / {baseline})")
+    print(f"{'command':<34} {'wall s':>8} {'ratio':>7} {'peak RSS MiB':>13}")
+    for r in runs:
+        print(f"{r.name:<34} {r.wall:>8.3f} {r.wall / base.wall:>6.2f}x {r.peak:>13.1f}")
