@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 from common import MEDIMG, Runs, measure, report
-
 from dicom_data import generate_many_studies
 from peers import Orthanc
 
