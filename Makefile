@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo completions bench clean
+.PHONY: test lint demo completions bench clean peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check medimg_cli tests bench scripts
 	$(BIN)/mypy medimg_cli
 
-test: lint
+peers:
+	scripts/ensure-peers.sh
+
+test: lint peers
 	$(BIN)/pytest
 
-demo: $(STAMP)
+demo: $(STAMP) peers
 	$(BIN)/python scripts/demo.py
 
 completions: $(STAMP)

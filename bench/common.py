@@ -36,20 +36,27 @@ class Runs:
         return statistics.median(self.rss)
 
 
+# GNU time reports the child's own peak RSS; a child forked from this Python
+# process would otherwise be charged with the parent's pages it inherited.
+GNU_TIME = "/usr/bin/time" if os.path.exists("/usr/bin/time") else None
+
+
 def run_once(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run argv to completion (stdout discarded); return (wall seconds, peak RSS MiB)."""
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as rss_file:
+        wrapped = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file.name, *argv] if GNU_TIME else argv
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
+        proc = subprocess.Popen(wrapped, stdout=subprocess.DEVNULL, stderr=err,
                                 env={**os.environ, **(env or {})})
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
+        peak_kib = float(rss_file.read().strip() or 0) if GNU_TIME else usage.ru_maxrss
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
             tail = err.read().decode(errors="replace")[-2000:]
             raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {tail}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, peak_kib / 1024
 
 
 def measure(runs: Sequence[Runs], repeat: int = 3, env: dict[str, str] | None = None) -> None:
