@@ -200,6 +200,9 @@ def _tcp_connects(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+READY_CHECK_AET = "MEDIMGTEST"
+
+
 class PeerStartError(RuntimeError):
     """A peer did not come up; the message ends with the tail of its log."""
 
@@ -601,11 +604,19 @@ class Dcmqrscp(Peer):
         max_bytes_per_study: str = "1024mb",
         max_pdu: int = 65536,
         max_associations: int = 16,
+        allowed_callers: Sequence[str] | None = None,
     ) -> str:
         host_lines = [
             f"{key} = ({m_aet}, {m_host}, {m_port})"
             for key, (m_aet, m_host, m_port) in (modalities or {}).items()
         ]
+        peers = "ANY"
+        if allowed_callers is not None:
+            # Only these calling AE titles (and the readiness check's) may associate;
+            # dcmqrscp matches the caller's host by reverse lookup: "localhost".
+            callers = [READY_CHECK_AET, *allowed_callers]
+            host_lines += [f"caller{i} = ({c}, localhost, 0)" for i, c in enumerate(callers)]
+            peers = ", ".join(f"caller{i}" for i in range(len(callers)))
         return "\n".join(
             [
                 "# written by tests/peers.py",
@@ -621,7 +632,7 @@ class Dcmqrscp(Peer):
                 "VendorTable END",
                 "",
                 "AETable BEGIN",
-                f"{aet}  {storage_dir}  RW  ({max_studies}, {max_bytes_per_study})  ANY",
+                f"{aet}  {storage_dir}  RW  ({max_studies}, {max_bytes_per_study})  {peers}",
                 "AETable END",
                 "",
             ]
@@ -639,12 +650,14 @@ class Dcmqrscp(Peer):
         debug: bool = False,
         timeout: float = 20.0,
         attempts: int = 3,
+        allowed_callers: Sequence[str] | None = None,
     ) -> Dcmqrscp:
         """Start dcmqrscp in ``workdir`` and wait until C-ECHO to ``aet`` succeeds.
 
         ``modalities``: HostTable entries ``name = (AET, host, port)``, used as
         C-MOVE destinations (``{"medimg": ("MEDIMG", "127.0.0.1", 11113)}``).
         ``extra_args``: more dcmqrscp options (e.g. ``["+U8"]`` to answer in UTF-8).
+        ``allowed_callers``: when given, only these calling AE titles are accepted.
         """
         if max_studies > cls.MAX_STUDIES:
             raise ValueError(f"dcmqrscp holds at most {cls.MAX_STUDIES} studies per AE")
@@ -662,6 +675,7 @@ class Dcmqrscp(Peer):
                     storage_dir=peer.storage_dir,
                     modalities=modalities,
                     max_studies=max_studies,
+                    allowed_callers=allowed_callers,
                 )
             )
             t0 = time.monotonic()
@@ -682,7 +696,7 @@ class Dcmqrscp(Peer):
 
     def echo(self, called_aet: str | None = None) -> subprocess.CompletedProcess[str]:
         return run_dcmtk(
-            ["echoscu", "-to", "5", "-aet", "MEDIMGTEST", "-aec", called_aet or self.aet,
+            ["echoscu", "-to", "5", "-aet", READY_CHECK_AET, "-aec", called_aet or self.aet,
              LOOPBACK, str(self.port)],
             timeout=15,
         )

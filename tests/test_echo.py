@@ -6,6 +6,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import medimg, write_config
@@ -172,3 +173,76 @@ def test_unknown_profile_is_a_usage_error(config: Path) -> None:
     result = medimg("echo", "nope", config=config)
     assert result.code == 2
     assert "unknown profile 'nope'" in result.stderr and "known: pacs" in result.stderr
+
+
+def test_calling_aet_not_allowed_by_dcmqrscp_names_both_titles(
+    tmp_path: Path, fresh_peers: Any
+) -> None:
+    peer = fresh_peers.dcmqrscp(allowed_callers=["GOODAET"])
+    config = write_config(tmp_path / "c.toml", peer.profile_toml("q"))
+    assert medimg("echo", "q", "--aet", "GOODAET", config=config).code == 0
+    result = medimg("echo", "q", "--aet", "BADAET", config=config)
+    assert result.code == 4
+    # dcmqrscp answers "called AE title not recognised" for an unknown caller too.
+    assert "called AE title not recognised" in result.stderr
+    assert "our calling AE title 'BADAET'" in result.stderr
+
+
+@pytest.fixture
+def picky_scp() -> Iterator[int]:
+    """A pynetdicom Verification SCP that accepts only the calling AE title GOODAET."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="PICKY")
+    ae.add_supported_context(Verification)
+    ae.require_calling_aet = ["GOODAET"]
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    yield port
+    server.shutdown()
+
+
+def test_calling_aet_not_recognised(tmp_path: Path, picky_scp: int) -> None:
+    config = write_config(
+        tmp_path / "c.toml",
+        f'[profiles.picky]\ntype = "dimse"\nhost = "127.0.0.1"\nport = {picky_scp}\n'
+        'called_aet = "PICKY"\n',
+    )
+    assert medimg("echo", "picky", "--aet", "GOODAET", config=config).code == 0
+    result = medimg("echo", "picky", config=config)
+    assert result.code == 4
+    assert "calling AE title not recognised: the PACS does not know us as 'MEDIMG'" in (
+        result.stderr)
+    assert "register AE 'MEDIMG'" in result.stderr
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[int]:
+    """A listening socket that never accepts, its backlog full: new SYNs go unanswered."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.setblocking(False)
+        client.connect_ex(("127.0.0.1", port))
+        fillers.append(client)
+    yield port
+    for client in fillers:
+        client.close()
+    server.close()
+
+
+def test_connect_timeout(tmp_path: Path, full_backlog: int) -> None:
+    config = write_config(
+        tmp_path / "c.toml",
+        f'[profiles.slow]\ntype = "dimse"\nhost = "127.0.0.1"\nport = {full_backlog}\n'
+        'called_aet = "PACS"\n',
+    )
+    result = medimg("echo", "slow", "--timeout", "1", config=config)
+    assert result.code == 3, result.stderr
+    assert f"no answer from 127.0.0.1:{full_backlog} within 1 s (connect timed out)" in (
+        result.stderr)

@@ -163,7 +163,9 @@ def _reject_diagnosis(source: int, reason: int, target: Target) -> tuple[str, st
         (1, 7): (
             f"called AE title not recognised: the PACS at {where} does not know "
             f"'{target.called_aet}'",
-            f"check called_aet in profile '{p}' (ask the PACS administrator for its AE title)",
+            f"check called_aet in profile '{p}' (ask the PACS administrator for its AE "
+            f"title); if it is right, the PACS may not accept our calling AE title "
+            f"'{target.calling_aet}' from this host (DCMTK-based PACS answer so)",
         ),
         (2, 1): ("no reason given (ACSE)", "check the PACS's log"),
         (2, 2): ("protocol version not supported", "the peer wants another DICOM UL version"),
