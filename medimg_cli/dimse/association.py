@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("medimg.dimse")
 
+POLL_SECONDS = 0.5
 _tuned = False
 _tune_lock = threading.Lock()
 
@@ -248,13 +249,19 @@ def open_association(
     contexts: Sequence[tuple[str, Sequence[str]]],
     *,
     report: list[AssociationReport] | None = None,
+    ext_neg: Sequence[Any] = (),
+    handlers: Sequence[Any] = (),
+    idle_timeout: bool = False,
 ) -> Iterator[Association]:
     """Associate with `target`, proposing `contexts` (abstract syntax, transfer syntaxes).
 
     Yields the established association and releases it on exit (aborts on
     an exception). Every failure to establish it becomes a ConnectError or
     RefusedError with a diagnosis. When `report` is a list, the association
-    report is appended to it once established.
+    report is appended to it once established. `ext_neg` and `handlers` are
+    passed to pynetdicom (role selection, C-STORE handler for C-GET). With
+    `idle_timeout` the caller watches for idleness itself and DIMSE waits
+    only poll (`POLL_SECONDS`) instead of failing after `timeout`.
     """
     import time
 
@@ -282,13 +289,16 @@ def open_association(
         target.port,
         ae_title=target.called_aet,
         max_pdu=target.max_pdu,
-        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse)],
+        ext_neg=list(ext_neg) or None,
+        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse), *handlers],
     )
     elapsed = time.perf_counter() - started
     if not assoc.is_established:
         raise _association_failure(assoc, target, received)
     if report is not None:
         report.append(make_report(assoc, elapsed))
+    if idle_timeout:
+        assoc.dimse_timeout = POLL_SECONDS
     try:
         yield assoc
     except BaseException:
