@@ -17,6 +17,7 @@ from medimg_cli import __version__
 from medimg_cli.cli.config_cmd import config_app, profiles_command
 from medimg_cli.cli.echo import echo_command
 from medimg_cli.cli.find import find_command
+from medimg_cli.cli.retrieve_cmd import get_command, move_command
 from medimg_cli.cli.runtime import Runtime
 from medimg_cli.errors import ExitCode, Interrupted, MedimgError
 
@@ -97,6 +98,8 @@ app.command("echo", help="Check that a peer answers (C-ECHO) and how the associa
     echo_command
 )
 app.command("find", help="Query for patients, studies, series or instances.")(find_command)
+app.command("move", help="Retrieve by C-MOVE (to medimg itself, or --dest AET).")(move_command)
+app.command("get", help="Retrieve by C-GET (no inbound port needed).")(get_command)
 app.add_typer(config_app, name="config")
 app.command("profiles", help="List the profiles: name, type, endpoint.")(profiles_command)
 
