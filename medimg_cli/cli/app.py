@@ -89,6 +89,9 @@ def _setup_logging(verbose: int) -> None:
         tune()
         from pynetdicom import _config
 
+        from medimg_cli.dimse import fastpath
+
+        fastpath.disable()
         _config.LOG_HANDLER_LEVEL = "standard"
         logging.getLogger("pynetdicom").addHandler(handler)
         logging.getLogger("pynetdicom").setLevel(logging.DEBUG)

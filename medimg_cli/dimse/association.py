@@ -108,6 +108,9 @@ def tune() -> None:
 
         AssociationSocket._create_socket = create_socket  # type: ignore[method-assign]
         AssociationServer.get_request = get_request  # type: ignore[method-assign]
+        from medimg_cli.dimse import fastpath
+
+        fastpath.install()
         _tuned = True
 
 
