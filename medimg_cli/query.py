@@ -222,13 +222,16 @@ class Query:
         name at series level, or no study UID at all) is answered by first
         querying the upper level and then each match's children.
         """
-        for level in self.chain[:-1]:
-            unique = UNIQUE_KEY[level]
-            at_level = {kw: v for kw, (_, v) in self.filters.items() if self.home(kw) == level}
-            value = at_level.pop(unique, None)
-            if at_level or value is None or not _single_value(value):
-                return True
-        return False
+        return any(self.fixed_value(level) is None for level in self.chain[:-1])
+
+    def fixed_value(self, level: str) -> str | None:
+        """The single unique key value asked for at `level` when it is all that is asked there."""
+        unique = UNIQUE_KEY[level]
+        at_level = {kw: v for kw, (_, v) in self.filters.items() if self.home(kw) == level}
+        value = at_level.pop(unique, None)
+        if at_level or value is None or not _single_value(value):
+            return None
+        return value
 
     def step(self, level: str, fixed: dict[str, str] | None = None) -> Step:
         """The identifier for `level`: its filters, the fixed upper unique keys, return keys."""

@@ -246,12 +246,14 @@ class _Finder:
                 step, fixed)
             return
         unique = UNIQUE_KEY[level]
-        hex_tag = lookup_key(unique).hex
-        values: list[str] = []
-        for record in self.run(step, fixed):
-            found = record.get(hex_tag, {}).get("Value")
-            if found and str(found[0]) not in values:
-                values.append(str(found[0]))
+        known = self.query.fixed_value(level)
+        values: list[str] = [known] if known is not None else []
+        if known is None:  # ask this level for its matches
+            hex_tag = lookup_key(unique).hex
+            for record in self.run(step, fixed):
+                found = record.get(hex_tag, {}).get("Value")
+                if found and str(found[0]) not in values:
+                    values.append(str(found[0]))
         for value in values:
             if self.done():
                 return

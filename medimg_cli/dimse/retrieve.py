@@ -11,6 +11,7 @@ as long as images keep arriving.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -27,6 +28,8 @@ from medimg_cli.errors import ConnectError, RefusedError, RemoteError, UsageErro
 from medimg_cli.storage import Layout, remove_partials, stored_sop_uids
 from medimg_cli.transfer import ItemResult, Progress, ProgressCallback, TransferSummary
 
+log = logging.getLogger("medimg.dimse")
+
 if TYPE_CHECKING:
     from pynetdicom.association import Association
     from pynetdicom.transport import ThreadedAssociationServer
@@ -36,6 +39,7 @@ GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Query/Retrieve - GET
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _PENDING = (0xFF00, 0xFF01)
 _MAX_CONTEXTS = 128
+CANCEL_GRACE = 3.0  # seconds to wait for the peer's answer to C-CANCEL
 # Proposed for C-GET when the SOP classes present cannot be asked for.
 _COMMON_STORAGE = (
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
@@ -421,10 +425,35 @@ def _one(
     except BaseException as exc:
         from medimg_cli.errors import Interrupted
 
+        log.debug("C-%s stopped by %r; association established: %s", kind.upper(), exc,
+                  assoc.is_established)
         if isinstance(exc, (KeyboardInterrupt, Interrupted)) and assoc.is_established:
             assoc.send_c_cancel(msg_id, query_model=model)
+            _drain(kind, assoc, deadline=time.monotonic() + CANCEL_GRACE)
         raise
     raise RemoteError(f"the C-{kind.upper()} ended without a final response")
+
+
+def _drain(kind: str, assoc: Association, deadline: float) -> None:
+    """After C-CANCEL: take the peer's remaining messages until its final response."""
+    from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
+
+    assoc._reactor_checkpoint.clear()
+    try:
+        while not assoc._is_paused and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        while time.monotonic() < deadline and assoc.is_established:
+            _, rsp = assoc.dimse.get_msg(block=True)
+            if rsp is None:
+                if assoc.acse.is_aborted("a-abort") or assoc.acse.is_aborted("a-p-abort"):
+                    return
+                continue
+            if isinstance(rsp, C_STORE):
+                assoc._c_store_scp(rsp)
+            elif isinstance(rsp, (C_GET, C_MOVE)) and int(rsp.Status or 0) not in _PENDING:
+                return
+    finally:
+        assoc._reactor_checkpoint.set()
 
 
 def _final(
@@ -493,6 +522,14 @@ def _send(
         while True:
             _, rsp = assoc.dimse.get_msg(block=True)
             if rsp is None:
+                # The reactor is paused while we wait, so a peer's A-ABORT is still
+                # in the DUL queue: look there (as pynetdicom's own wrappers do).
+                if assoc.acse.is_aborted("a-abort") or assoc.acse.is_aborted("a-p-abort"):
+                    assoc._handle_no_response()
+                    raise RefusedError(
+                        f"the peer aborted the association during the C-{kind.upper()}",
+                        hint="the PACS broke off; check its log (rerun with -vv for ours)",
+                    )
                 if watchdog.expired:
                     raise watchdog.error()
                 if assoc.is_established:
