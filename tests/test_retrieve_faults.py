@@ -41,6 +41,7 @@ class GetScp:
     delay: float = 0.0  # seconds before each instance
     sent: list[str] = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    move_port: int | None = None  # where the AE MEDIMG listens, for C-MOVE
 
 
 @pytest.fixture
@@ -49,6 +50,7 @@ def get_scp() -> Iterator[GetScp]:
     from pynetdicom.sop_class import (  # type: ignore[attr-defined]
         StudyRootQueryRetrieveInformationModelFind,
         StudyRootQueryRetrieveInformationModelGet,
+        StudyRootQueryRetrieveInformationModelMove,
     )
 
     state = GetScp(port=free_port())
@@ -89,6 +91,15 @@ def get_scp() -> Iterator[GetScp]:
             state.sent.append(str(ds.SOPInstanceUID))
             yield 0xFF00, ds
 
+    def on_move(event: Any) -> Iterator[Any]:
+        if event.move_destination.strip() != "MEDIMG" or state.move_port is None:
+            yield None, None  # unknown destination: pynetdicom answers 0xA801
+            return
+        from pynetdicom import build_context
+
+        yield "127.0.0.1", state.move_port, {"contexts": [build_context(CT), build_context(MR)]}
+        yield from on_get(event)
+
     def on_find(event: Any) -> Iterator[Any]:
         from pydicom import Dataset
 
@@ -112,21 +123,23 @@ def get_scp() -> Iterator[GetScp]:
 
     ae = AE(ae_title="TESTGET")
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     for sop in (CT, MR):
         ae.add_supported_context(sop, scu_role=True, scp_role=True)
     server = ae.start_server(("127.0.0.1", state.port), block=False,
-                             evt_handlers=[(evt.EVT_C_GET, on_get), (evt.EVT_C_FIND, on_find)])
+                             evt_handlers=[(evt.EVT_C_GET, on_get), (evt.EVT_C_FIND, on_find),
+                                           (evt.EVT_C_MOVE, on_move)])
     yield state
     state.release.set()
     server.shutdown()
 
 
-def config_for(tmp_path: Path, port: int) -> Path:
+def config_for(tmp_path: Path, port: int, receive_port: int = 0) -> Path:
     return write_config(
         tmp_path / "c.toml",
         f'[profiles.t]\ntype = "dimse"\nhost = "127.0.0.1"\nport = {port}\n'
-        'called_aet = "TESTGET"\n',
+        f'called_aet = "TESTGET"\nreceive_port = {receive_port or free_port()}\n',
     )
 
 
@@ -253,21 +266,24 @@ def test_ctrl_c_cancels_and_removes_partial_files(
     assert_no_partial_or_truncated(out)
 
 
+@pytest.mark.parametrize("kind", ["get", "move"])
 def test_killed_retrieval_resumes_to_the_same_tree(
-    tmp_path: Path, get_scp: GetScp, dicom_data: Manifest
+    kind: str, tmp_path: Path, get_scp: GetScp, dicom_data: Manifest
 ) -> None:
     study = max(dicom_data.studies, key=lambda s: len(dicom_data.instances_of_study(s.study_uid)))
     get_scp.datasets = load(dicom_data, study.study_uid)
-    config = config_for(tmp_path, get_scp.port)
+    get_scp.move_port = free_port()
+    config = config_for(tmp_path, get_scp.port, get_scp.move_port)
     whole = tmp_path / "whole"
-    assert medimg("get", "t", study.study_uid, "--out", str(whole), config=config).code == 0
+    first = medimg(kind, "t", study.study_uid, "--out", str(whole), config=config)
+    assert first.code == 0, first.stderr
 
     get_scp.sent.clear()
     get_scp.pause_after = 3
     out = tmp_path / "resumed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "medimg_cli", "--config", str(config),
-         "get", "t", study.study_uid, "--out", str(out)],
+         kind, "t", study.study_uid, "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
@@ -282,7 +298,7 @@ def test_killed_retrieval_resumes_to_the_same_tree(
     get_scp.pause_after = None
     get_scp.release.set()
     get_scp.sent.clear()
-    result = medimg("get", "t", study.study_uid, "--out", str(out), "--skip-existing",
+    result = medimg(kind, "t", study.study_uid, "--out", str(out), "--skip-existing",
                     config=config)
     assert result.code == 0, result.stderr
     total = len(get_scp.datasets)
