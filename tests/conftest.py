@@ -14,6 +14,9 @@ Fixtures (all session-scoped unless said otherwise):
 - ``peer_pool`` -> ``PeerPool``: start more peers that live until the session ends.
 - ``fresh_peers`` (function scope) -> ``PeerPool``: peers killed after the test
   (for tests that change a PACS's content, or need an empty one).
+- ``storescp`` (function scope) -> ``peers.Storescp``: DCMTK storescp (AE STORESCP)
+  writing into an empty directory; ``fresh_peers.storescp(extra_args=...)`` for
+  one with other options.
 
 Peers are stopped at session end even when setup or tests fail (and, as a last
 resort, at interpreter exit or by the kernel if pytest is killed).
@@ -40,6 +43,7 @@ from peers import (  # noqa: E402
     Orthanc,
     Peer,
     PeerPool,
+    Storescp,
     free_port,
 )
 
@@ -102,3 +106,8 @@ def pacs(request: pytest.FixtureRequest) -> Peer:
 @pytest.fixture(scope="session")
 def orthanc_checking_aet(peer_pool: PeerPool) -> Orthanc:
     return peer_pool.orthanc(check_called_aet=True, dicomweb=False)
+
+
+@pytest.fixture
+def storescp(fresh_peers: PeerPool) -> Storescp:
+    return fresh_peers.storescp()

@@ -39,6 +39,7 @@ __all__ = [
     "Peer",
     "PeerPool",
     "PeerStartError",
+    "Storescp",
     "dcmtk_env",
     "free_port",
     "in_ci",
@@ -727,6 +728,73 @@ class Dcmqrscp(Peer):
 
 
 # --------------------------------------------------------------------------
+# storescp
+
+
+class Storescp(Peer):
+    """DCMTK's storescp: a storage SCP writing what it receives to ``output_dir``.
+
+    By default it accepts every storage SOP class in the uncompressed transfer
+    syntaxes, one association at a time, and does not check the called AE
+    title. ``extra_args`` restrict or change that, e.g. ``+xi`` (Implicit VR
+    Little Endian only), ``+B`` (write the received bytes exactly), ``--fork``
+    (associations in parallel), ``-xf FILE PROFILE`` (only the presentation
+    contexts of a profile), ``--abort-after`` / ``--sleep-during N`` (faults).
+    """
+
+    name: ClassVar[str] = "storescp"
+
+    def __init__(self, workdir: Path, port: int, aet: str) -> None:
+        super().__init__(workdir, port, aet, None)
+        self.output_dir = workdir / "received"
+
+    @classmethod
+    def start(
+        cls,
+        workdir: Path,
+        *,
+        aet: str = "STORESCP",
+        extra_args: Sequence[str] = (),
+        timeout: float = 20.0,
+        attempts: int = 3,
+    ) -> Storescp:
+        """Start storescp in ``workdir`` and wait until C-ECHO to ``aet`` succeeds."""
+        binary = require_binary("storescp")
+        require_binary("echoscu")
+        for attempt in range(1, attempts + 1):
+            (port,) = free_ports(1)
+            peer = cls(workdir, port, aet)
+            peer.output_dir.mkdir(parents=True, exist_ok=True)
+            t0 = time.monotonic()
+            peer._spawn([binary, "-v", "--output-directory", str(peer.output_dir),
+                         "-aet", aet, *extra_args, str(port)])
+            try:
+                peer._wait_ready(peer._ready, timeout, "C-ECHO success")
+            except PeerStartError as exc:
+                peer.stop(graceful=False)
+                if exc.exited and attempt < attempts:
+                    continue
+                raise
+            peer.started_seconds = time.monotonic() - t0
+            return peer
+        raise AssertionError("unreachable")
+
+    def _ready(self) -> bool:
+        if not _tcp_connects(self.port):
+            return False
+        result = run_dcmtk(["echoscu", "-to", "5", "-aet", READY_CHECK_AET, "-aec", self.aet,
+                            LOOPBACK, str(self.port)], timeout=15)
+        return result.returncode == 0
+
+    def received_files(self) -> list[Path]:
+        """The files storescp wrote so far, sorted by name."""
+        return sorted(p for p in self.output_dir.iterdir() if p.is_file())
+
+    def load(self, paths: Iterable[Path]) -> None:
+        raise NotImplementedError("storescp is a destination; it cannot be loaded")
+
+
+# --------------------------------------------------------------------------
 # Several peers
 
 
@@ -767,6 +835,12 @@ class PeerPool:
         kwargs.setdefault("modalities", self.modalities)
         peer = Dcmqrscp.start(self._workdir("dcmqrscp"), **kwargs)
         self._loaded(peer, load)
+        return peer
+
+    def storescp(self, **kwargs: Any) -> Storescp:
+        """``Storescp.start(**kwargs)``."""
+        peer = Storescp.start(self._workdir("storescp"), **kwargs)
+        self.peers.append(peer)
         return peer
 
     def stop_all(self) -> None:
