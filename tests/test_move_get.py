@@ -135,3 +135,37 @@ def test_bad_retrieve_input_is_a_usage_error(config: Path, tmp_path: Path,
     assert result.code == 2
     assert fragment in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind", ["move", "get"])
+def test_parallel_retrieves_everything_exactly_once(
+    kind: str, config: Path, tmp_path: Path, dicom_data: Manifest
+) -> None:
+    uids = [s.study_uid for s in dicom_data.studies[:5]]
+    out = tmp_path / "out"
+    result = retrieve(kind, config, out, *uids, "--parallel", "3")
+    instances = [i for u in uids for i in dicom_data.instances_of_study(u)]
+    assert_retrieved(out, instances)
+    assert sorted(r["sop_instance_uid"] for r in result.jsonl()) == sorted(
+        i.sop_instance_uid for i in instances)
+    assert f"{kind}: {len(instances)} done, 0 warnings, 0 failed, 0 skipped" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["move", "get"])
+def test_skip_existing_fetches_only_what_is_missing(
+    kind: str, config: Path, tmp_path: Path, dicom_data: Manifest
+) -> None:
+    study = max(dicom_data.studies, key=lambda s: len(dicom_data.instances_of_study(s.study_uid)))
+    instances = dicom_data.instances_of_study(study.study_uid)
+    out = tmp_path / "out"
+    retrieve(kind, config, out, study.study_uid)
+    removed = [expected_path(out, i) for i in instances[::2]]
+    for path in removed:
+        path.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("*.dcm")}
+    result = retrieve(kind, config, out, study.study_uid, "--skip-existing")
+    assert_retrieved(out, instances)
+    fetched = {Path(r["path"]) for r in result.jsonl()}
+    assert fetched == set(removed)
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in kept.items())
+    assert f"{len(removed)} done, 0 warnings, 0 failed, {len(kept)} skipped" in result.stderr

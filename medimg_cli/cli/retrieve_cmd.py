@@ -59,6 +59,12 @@ ReportOpt = Annotated[
     typer.Option("--report", metavar="FILE", help="Write the summary as JSON to FILE.",
                  show_default=False),
 ]
+ParallelOpt = Annotated[
+    int,
+    typer.Option("--parallel", "-P", metavar="N", min=1, max=32,
+                 help="Retrieve over N associations in N processes (the instances are "
+                 "listed first and split in batches)."),
+]
 RetrieveTimeoutOpt = Annotated[
     float | None,
     typer.Option(
@@ -109,13 +115,14 @@ def _run(
     called_aet: str | None,
     dest: str | None = None,
     port: int | None = None,
+    parallel: int = 1,
 ) -> None:
     import json
 
     from medimg_cli.cli.progress import finish, progress_bar
     from medimg_cli.config import ae_title
     from medimg_cli.dimse.receive import Received
-    from medimg_cli.dimse.retrieve import RetrieveOptions, retrieve
+    from medimg_cli.dimse.retrieve import RetrieveOptions, retrieve, retrieve_parallel
     from medimg_cli.storage import DEFAULT_LAYOUT, Layout
 
     profile = rt.profile(profile_name)
@@ -148,9 +155,16 @@ def _run(
                 "path": str(file.path), "sop_instance_uid": file.sop_instance_uid,
                 "study_instance_uid": file.study_instance_uid, "bytes": file.size}) + "\n")
 
+    if parallel > 1 and dest is not None:
+        raise UsageError("--parallel goes with medimg's own receiver, not with --dest")
     with progress_bar(rt, kind) as progress:
-        summary = retrieve(kind, target, items, options, progress=progress, on_file=on_file,
-                           profile=profile.name)
+        if parallel > 1:
+            summary = retrieve_parallel(kind, target, items, options, parallel,
+                                        progress=progress, on_file=on_file,
+                                        profile=profile.name)
+        else:
+            summary = retrieve(kind, target, items, options, progress=progress,
+                               on_file=on_file, profile=profile.name)
     rt.stdout.flush()
     for item in summary.items:
         if item.message:
@@ -179,6 +193,7 @@ def move_command(
     out: OutOpt = None,
     layout: LayoutOpt = None,
     skip_existing: SkipOpt = False,
+    parallel: ParallelOpt = 1,
     report: ReportOpt = None,
     timeout: RetrieveTimeoutOpt = None,
     calling_aet: CallingAetOpt = None,
@@ -191,7 +206,8 @@ def move_command(
     """
     _run("move", runtime(ctx), profile_name, uids, uids_from, out=out, layout=layout,
          skip_existing=skip_existing, report=report, timeout=timeout,
-         calling_aet=calling_aet, called_aet=called_aet, dest=dest, port=port)
+         calling_aet=calling_aet, called_aet=called_aet, dest=dest, port=port,
+         parallel=parallel)
 
 
 def get_command(
@@ -203,6 +219,7 @@ def get_command(
     out: OutOpt = None,
     layout: LayoutOpt = None,
     skip_existing: SkipOpt = False,
+    parallel: ParallelOpt = 1,
     report: ReportOpt = None,
     timeout: RetrieveTimeoutOpt = None,
     calling_aet: CallingAetOpt = None,
@@ -211,4 +228,4 @@ def get_command(
     """Retrieve by C-GET over one association: no inbound port needed."""
     _run("get", runtime(ctx), profile_name, uids, uids_from, out=out, layout=layout,
          skip_existing=skip_existing, report=report, timeout=timeout,
-         calling_aet=calling_aet, called_aet=called_aet)
+         calling_aet=calling_aet, called_aet=called_aet, parallel=parallel)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("medimg.dimse")
 
 POLL_SECONDS = 0.5
+# Receivers bind with SO_REUSEPORT, so that parallel workers share one port.
+REUSE_PORT = False
 _tuned = False
 _tune_lock = threading.Lock()
 
@@ -100,6 +102,12 @@ def tune() -> None:
             return sock
 
         original_get_request = AssociationServer.get_request
+        original_server_bind = AssociationServer.server_bind
+
+        def server_bind(self: AssociationServer) -> None:
+            if REUSE_PORT and self.socket is not None:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            original_server_bind(self)
 
         def get_request(self: AssociationServer) -> tuple[socket.socket, tuple[str, int]]:
             client, address = original_get_request(self)
@@ -108,6 +116,7 @@ def tune() -> None:
 
         AssociationSocket._create_socket = create_socket  # type: ignore[method-assign]
         AssociationServer.get_request = get_request  # type: ignore[method-assign]
+        AssociationServer.server_bind = server_bind  # type: ignore[method-assign]
         from medimg_cli.dimse import fastpath
 
         fastpath.install()

@@ -11,8 +11,11 @@ as long as images keep arriving.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -106,6 +109,10 @@ class RetrieveOptions:
     receive_aet: str = "MEDIMG"
     receive_port: int = 11113
     batch: int = 100  # SOP Instance UIDs per C-MOVE/C-GET when resuming
+    # Set by the parallel runner: several processes receive on one port
+    # (SO_REUSEPORT), so a worker cannot tell which instances were its own.
+    shared_receiver: bool = False
+    instances: list[Instance] | None = None  # already listed by the parent
 
 
 @dataclass(frozen=True)
@@ -177,8 +184,13 @@ def retrieve(
     progress: ProgressCallback | None = None,
     on_file: Callable[[Received], None] | None = None,
     profile: str = "",
+    before_shutdown: Callable[[], None] | None = None,
 ) -> TransferSummary:
-    """Retrieve `items` by C-MOVE (`kind="move"`) or C-GET (`kind="get"`)."""
+    """Retrieve `items` by C-MOVE (`kind="move"`) or C-GET (`kind="get"`).
+
+    `before_shutdown` runs before the embedded SCP stops (the parallel runner
+    waits there for the other workers, whose images may arrive here).
+    """
     summary = TransferSummary(operation=kind, profile=profile)
     state = Progress()
     lock = threading.Lock()
@@ -214,7 +226,8 @@ def retrieve(
     sop_classes: list[str] = []
     work = list(items)
     if options.skip_existing or kind == "get":
-        instances = _list_or_none(target, work)
+        instances = options.instances if options.instances is not None else _list_or_none(
+            target, work)
         if kind == "get":
             sop_classes = sorted({i.sop_class for i in instances or [] if i.sop_class})
         if options.skip_existing:
@@ -245,6 +258,8 @@ def retrieve(
         raise
     finally:
         if server is not None:
+            if before_shutdown is not None:
+                before_shutdown()
             server.shutdown()
     summary.bytes = state.bytes
     summary.done = state.done if writer is not None else summary.done
@@ -281,6 +296,10 @@ def _start_scp(options: RetrieveOptions, writer: InstanceWriter) -> ThreadedAsso
     tune()
     ae = AE(ae_title=options.receive_aet)
     ae.maximum_pdu_size = 0
+    if options.shared_receiver:
+        from medimg_cli.dimse import association
+
+        association.REUSE_PORT = True
     ae.network_timeout = None
     for uid in _STORAGE_CLASSES.values():
         ae.add_supported_context(uid, receive_syntaxes(ALL_TRANSFER_SYNTAXES))
@@ -358,7 +377,7 @@ def _run(
                     continue
                 got = state.done - before_done
                 lost = completed + warning - got
-                if final.status in (0x0000, 0xB000) and lost > 0:
+                if final.status in (0x0000, 0xB000) and lost > 0 and not options.shared_receiver:
                     # The PACS says it sent them, but they did not arrive here.
                     with lock:
                         state.failed += lost
@@ -583,3 +602,166 @@ class _Watchdog(threading.Thread):
             hint="the PACS may be stuck or the network broken; --timeout sets how long to wait "
             "while idle",
         )
+
+
+# --------------------------------------------------------------------------
+# --parallel N: worker processes, each with its own association (and, for
+# C-MOVE, its own receiver on the shared port), fed disjoint instance batches.
+
+
+def split_work(instances: Sequence[Instance], have: set[str], workers: int,
+               batch: int) -> list[list[RetrieveItem]]:
+    """The missing instances as IMAGE-level items, dealt out to `workers` evenly."""
+    items = missing_items(instances, have, batch)
+    shares: list[list[RetrieveItem]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for item in sorted(items, key=lambda i: -len(i.sops)):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(item)
+        loads[lightest] += len(item.sops)
+    return [share for share in shares if share]
+
+
+def _worker(kind: str, target: Target, items: list[RetrieveItem], options: RetrieveOptions,
+            queue: Any, barrier: Any) -> None:
+    """One process of a parallel retrieval; reports files and its summary on `queue`."""
+    from medimg_cli.errors import MedimgError
+
+    def on_file(file: Received) -> None:
+        queue.put(("file", str(file.path), file.sop_instance_uid, file.study_instance_uid,
+                   file.size))
+
+    def wait_for_others() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=max(target.timeout, 5.0) * 4)
+
+    try:
+        summary = retrieve(kind, target, items, options, on_file=on_file,
+                           before_shutdown=wait_for_others)
+        queue.put(("summary", summary.as_dict()))
+    except MedimgError as exc:
+        barrier.abort()
+        queue.put(("error", type(exc).__name__, exc.message, exc.hint))
+    except BaseException as exc:
+        barrier.abort()
+        queue.put(("error", "MedimgError", f"{type(exc).__name__}: {exc}", None))
+
+
+def retrieve_parallel(
+    kind: str,
+    target: Target,
+    items: Sequence[RetrieveItem],
+    options: RetrieveOptions,
+    workers: int,
+    *,
+    progress: ProgressCallback | None = None,
+    on_file: Callable[[Received], None] | None = None,
+    profile: str = "",
+) -> TransferSummary:
+    """Retrieve with `workers` processes: the instances are listed, split, fetched at once."""
+    import multiprocessing
+    import queue as queue_module
+
+    from medimg_cli import errors
+
+    out = options.out.expanduser().resolve()
+    instances = list_instances(target, items)
+    have = stored_sop_uids(out) if options.skip_existing else set()
+    summary = TransferSummary(operation=kind, profile=profile)
+    state = Progress(total=len(instances))
+    by_study: dict[str, ItemResult] = {}
+
+    def study_result(uid: str) -> ItemResult:
+        if uid not in by_study:
+            by_study[uid] = ItemResult(name=uid)
+            summary.items.append(by_study[uid])
+        return by_study[uid]
+
+    for inst in instances:
+        study_result(inst.study).requested += 1
+        if inst.sop in have:
+            summary.skipped += 1
+            state.skipped += 1
+            study_result(inst.study).skipped += 1
+    shares = split_work(instances, have, workers, options.batch)
+    if progress is not None:
+        progress(state)
+    if not shares:
+        return summary.finish()
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    barrier = context.Barrier(len(shares))
+    worker_options = RetrieveOptions(
+        out=out, layout=options.layout, dest=options.dest, receive_aet=options.receive_aet,
+        receive_port=options.receive_port, batch=options.batch,
+        shared_receiver=kind == "move", instances=instances if kind == "get" else None,
+    )
+    procs = [
+        context.Process(target=_worker, args=(kind, target, share, worker_options, results,
+                                              barrier), daemon=True)
+        for share in shares
+    ]
+    for proc in procs:
+        proc.start()
+    failures: list[tuple[str, str, str | None]] = []
+    finished = 0
+    completed_by_peer = 0
+    try:
+        while finished < len(procs):
+            try:
+                message = results.get(timeout=0.5)
+            except queue_module.Empty:
+                if not any(p.is_alive() for p in procs) and results.empty():
+                    break
+                continue
+            if message[0] == "file":
+                _, path, sop, study, size = message
+                state.done += 1
+                state.bytes += size
+                result = study_result(study)
+                result.done += 1
+                result.bytes += size
+                if on_file is not None:
+                    on_file(Received(Path(path), sop, study, size))
+                if progress is not None:
+                    progress(state)
+            elif message[0] == "summary":
+                finished += 1
+                data = message[1]
+                summary.warnings += data["warnings"]
+                for item in data["items"]:
+                    completed_by_peer += item["requested"] - item["failed"] - item["warnings"]
+                    failed = item["failed"]
+                    if failed:
+                        study_result(item["name"]).failed += failed
+                        state.failed += failed
+                    if item["message"]:
+                        study_result(item["name"]).message = item["message"]
+            else:
+                finished += 1
+                failures.append((message[1], message[2], message[3]))
+    except BaseException:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGINT)
+        for proc in procs:
+            proc.join(CANCEL_GRACE + 2)
+        remove_partials(out)
+        raise
+    for proc in procs:
+        proc.join()
+    if failures:
+        name, message, hint = failures[0]
+        error_class = getattr(errors, name, errors.MedimgError)
+        raise error_class(message, hint)
+    summary.done = state.done
+    summary.failed = state.failed
+    summary.bytes = state.bytes
+    if kind == "move" and not options.dest and completed_by_peer > state.done:
+        lost = completed_by_peer - state.done
+        summary.failed += lost
+        study_result(instances[0].study).message = (
+            f"the PACS reports {completed_by_peer} sent but {state.done} arrived here; its "
+            f"entry for AE '{options.receive_aet}' may point elsewhere")
+    return summary.finish()
