@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import Result, medimg, write_config
@@ -169,3 +170,29 @@ def test_skip_existing_fetches_only_what_is_missing(
     assert fetched == set(removed)
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in kept.items())
     assert f"{len(removed)} done, 0 warnings, 0 failed, {len(kept)} skipped" in result.stderr
+
+
+@pytest.mark.parametrize("pacs_kind", ["orthanc", "dcmqrscp"])
+def test_third_party_move_to_dcmtk_storescp(
+    pacs_kind: str, tmp_path: Path, fresh_peers: Any, dicom_data: Manifest
+) -> None:
+    from peers import LOOPBACK
+
+    receiver = fresh_peers.storescp()
+    study = dicom_data.studies[0]
+    pacs = getattr(fresh_peers, pacs_kind)(
+        load=[i.path for i in dicom_data.instances_of_study(study.study_uid)],
+        modalities={"STORESCP": ("STORESCP", LOOPBACK, receiver.port)},
+    )
+    config = write_config(tmp_path / "c.toml", pacs.profile_toml("pacs"))
+    out = tmp_path / "unused"
+    result = medimg("move", "pacs", study.study_uid, "--dest", "STORESCP", "--out", str(out),
+                    config=config)
+    assert result.code == 0, result.stderr
+    instances = dicom_data.instances_of_study(study.study_uid)
+    assert f"move: {len(instances)} done, 0 warnings, 0 failed" in result.stderr
+    import pydicom
+
+    received = {str(pydicom.dcmread(p).SOPInstanceUID) for p in receiver.received_files()}
+    assert received == {i.sop_instance_uid for i in instances}
+    assert not out.exists()  # nothing is written here in a third-party move
