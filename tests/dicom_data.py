@@ -11,6 +11,10 @@ so data made with two seeds can live in one PACS side by side.
 ``generate_many_studies(out_dir, n, seed)`` writes *n* single-instance studies
 fast (one encoded template, patched per file) for benchmarks.
 
+``generate_one_study(out_dir, n_series, per_series, rows, columns, seed)`` writes
+one study of ``n_series`` x ``per_series`` CT images of any size, for retrieval
+benchmarks.
+
 Every file is a DICOM Part 10 file, Explicit VR Little Endian, written with
 ``enforce_file_format=True``.
 """
@@ -44,6 +48,7 @@ __all__ = [
     "Study",
     "generate",
     "generate_many_studies",
+    "generate_one_study",
     "make_dataset",
 ]
 
@@ -475,4 +480,67 @@ def generate_many_studies(out_dir: Path, n: int, seed: int = 4321) -> Manifest:
             Instance(series_uid + ".1", sop_class, series_uid, study_uid,
                      patient.patient_id, 1, 8, 8, path)
         )
+    return manifest
+
+
+# --------------------------------------------------------------------------
+# One big study, for retrieval benchmarks.
+
+
+def generate_one_study(
+    out_dir: Path,
+    n_series: int,
+    per_series: int,
+    rows: int,
+    columns: int,
+    seed: int = 5678,
+) -> Manifest:
+    """Write one CT study of ``n_series`` series x ``per_series`` instances, rows x columns.
+
+    16-bit pixels (12 stored). One gradient-plus-noise image is made per
+    series; each instance gets it rotated by a different number of pixels, so
+    no two instances share their pixel data yet generation stays fast.
+    UIDs: ``{UID_ROOT}.{seed}.10.{rows}`` for the study, ``.{series}`` appended
+    for each series and ``.{series}.{instance}`` for each instance (1-based).
+    Patient BIGSTUDY01, study date 2024-05-01.
+    """
+    if n_series < 1 or per_series < 1 or rows < 1 or columns < 1:
+        raise ValueError("n_series, per_series, rows and columns must be >= 1")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    patient = Patient("BIGSTUDY01", "BIG^STUDY", "19800101", "O", None)
+    study_uid = _uid(seed, 10, rows)
+    _uid(seed, 10, rows, n_series, per_series)  # raises if the longest UID is too long
+    study = Study(
+        study_uid=study_uid,
+        patient_id=patient.patient_id,
+        study_date="20240501",
+        study_time="120000",
+        accession_number="BIG0001",
+        study_id="BIG1",
+        description=f"BENCH CT {rows}x{columns}",
+        referring_physician="",
+        modalities=("CT",),
+    )
+    manifest = Manifest(root=out_dir, seed=seed, patients=[patient], studies=[study])
+    n_pixels = rows * columns
+    for se_idx in range(1, n_series + 1):
+        series = Series(f"{study_uid}.{se_idx}", study_uid, "CT", se_idx,
+                        f"BENCH SERIES {se_idx}")
+        manifest.series.append(series)
+        base = _pixel_bytes(rng, rows, columns)
+        series_dir = out_dir / f"se{se_idx}"
+        series_dir.mkdir(parents=True, exist_ok=True)
+        for i_idx in range(1, per_series + 1):
+            shift = 2 * (i_idx * 7919 % n_pixels)  # bytes, whole pixels
+            pixels = base[shift:] + base[:shift]
+            sop_uid = f"{series.series_uid}.{i_idx}"
+            ds = make_dataset(patient, study, series, sop_uid, i_idx, pixels, rows, columns)
+            path = series_dir / f"i{i_idx:05d}.dcm"
+            dcmwrite(path, ds, enforce_file_format=True)
+            manifest.instances.append(
+                Instance(sop_uid, str(CTImageStorage), series.series_uid, study_uid,
+                         patient.patient_id, i_idx, rows, columns, path)
+            )
     return manifest
