@@ -382,16 +382,18 @@ def test_more_contexts_than_fit_take_several_associations(
     assert len(recorder.associations) == 2
 
 
+@pytest.mark.parametrize("parallel", [1, 2])
 def test_ctrl_c_aborts_the_associations_and_stops_the_workers(
-    tmp_path: Path, recorder: RecordingScp, dicom_data: Manifest
+    tmp_path: Path, recorder: RecordingScp, dicom_data: Manifest, parallel: int
 ) -> None:
     recorder.delay = 0.2
     config = config_for(tmp_path, recorder.profile())
     proc = subprocess.Popen(
-        [*MEDIMG, "--config", str(config), "stow", "ctl", str(dicom_data.root), "--parallel", "2"],
+        [*MEDIMG, "--config", str(config), "stow", "ctl", str(dicom_data.root),
+         "--parallel", str(parallel)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while len(recorder.associations) < 2 or sum(recorder.stored.values()) < 4:
+    while len(recorder.associations) < parallel or sum(recorder.stored.values()) < 4:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the stores never started"
         time.sleep(0.02)
@@ -402,7 +404,7 @@ def test_ctrl_c_aborts_the_associations_and_stops_the_workers(
     time.sleep(1)
     with recorder.lock:
         stored, aborted = sum(recorder.stored.values()), recorder.aborted
-    assert aborted == 2
+    assert aborted == parallel
     time.sleep(1)
     assert sum(recorder.stored.values()) == stored < len(dicom_data.paths)
 
