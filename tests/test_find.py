@@ -188,3 +188,18 @@ def test_bad_input_is_one_line_usage_error(config: Path, args: tuple[str, ...],
     assert fragment in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_many_queries_on_one_association_lose_no_reply(
+    config: Path, dicom_data: Manifest
+) -> None:
+    """A walk sends one C-FIND per study and series over one association, back to back.
+
+    pynetdicom's pause handshake can let its own thread take a fast peer's
+    reply off the queue (a lost match); medimg guards against it.
+    """
+    expected = sorted(
+        f"{i.study_uid}/{i.series_uid}/{i.sop_instance_uid}" for i in dicom_data.instances)
+    for _ in range(5):
+        result = find(config, "--level", "instance", "--format", "uids")
+        assert sorted(result.stdout.splitlines()) == expected

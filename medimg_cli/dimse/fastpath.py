@@ -1,4 +1,4 @@
-"""Hand-written DIMSE command sets for pynetdicom's hot paths.
+"""Hand-written DIMSE command sets and event-driven idling for pynetdicom's hot paths.
 
 PERFORMANCE.md measured that pynetdicom spends more time building and
 parsing command sets with pydicom than the network exchange takes: encoding
@@ -6,12 +6,28 @@ a C-STORE-RSP 520-870 µs, decoding a command set and building its primitive
 570 µs. The command set is a handful of group 0000 elements in Implicit VR
 Little Endian; these two patches write and read them directly and hand
 everything unusual back to pynetdicom's own code. `install()` is called by
-`association.tune()`; -vv (pynetdicom's own DIMSE log) turns it off.
+`association.tune()`; -vv (pynetdicom's own DIMSE log) turns the command-set
+part off.
+
+Idling: pynetdicom's network thread sleeps 1 ms whenever it finds nothing to
+do, and an acceptor's association thread sleeps 1 ms on every pass. With one
+message at a time in each direction, these sleeps were ~75% of a small
+C-GET's wall time here. `install()` makes those sleeps end early instead: the
+network thread waits in select() on its socket and a wake-up pipe written by
+`send_pdu`; the acceptor thread waits on its DIMSE message queue. The loops
+themselves are untouched (a sleep that ends sooner changes no logic, so the
+pause handshake PERFORMANCE.md warns about is not involved), and each wait
+is still bounded, so timers and kill flags are seen as before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import struct
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +57,151 @@ _FAST_MESSAGES = frozenset(
     {"C_STORE_RQ", "C_STORE_RSP", "C_FIND_RSP", "C_MOVE_RSP", "C_GET_RSP", "C_ECHO_RSP"}
 )
 _installed = False
+# Longest idle wait: how late a kill flag or a timer may be noticed.
+DUL_MAX_WAIT = 0.05
+ACCEPTOR_MAX_WAIT = 0.005
+_waiting_duls: dict[int, Any] = {}  # thread ident -> DULServiceProvider
+_waiting_acceptors: dict[int, Any] = {}  # thread ident -> Association
+
+
+def _dul_idle(dul: Any, seconds: float) -> None:
+    """The network thread has nothing to do: wait for data, a PDU to send, or a timeout."""
+    if not dul.to_provider_queue.empty() or not dul.event_queue.empty() or dul._kill_thread:
+        return
+    fds: list[Any] = [dul.medimg_wake[0]]
+    transport = dul.socket
+    sock = getattr(transport, "socket", None) if transport is not None else None
+    if sock is not None and getattr(transport, "_is_connected", False):
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending():
+            return  # TLS has decrypted bytes buffered: select would not see them
+        fds.append(sock)
+    try:
+        ready, _, _ = select.select(fds, [], [], max(seconds, DUL_MAX_WAIT))
+    except (OSError, ValueError):
+        return  # the socket closed: the loop notices on its next pass
+    if dul.medimg_wake[0] in ready:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(dul.medimg_wake[0], 4096)
+
+
+def _acceptor_idle(assoc: Any) -> None:
+    """An acceptor's association thread: wait for a decoded DIMSE message, briefly."""
+    messages = assoc.dimse.msg_queue
+    with messages.not_empty:
+        if not messages._qsize():
+            messages.not_empty.wait(ACCEPTOR_MAX_WAIT)
+
+
+class _DulTime:
+    """pynetdicom.dul's `time`, whose `sleep` in a network thread waits for events."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        dul = _waiting_duls.get(threading.get_ident())
+        if dul is None:
+            time.sleep(seconds)
+        else:
+            _dul_idle(dul, seconds)
+
+
+class _AssociationTime:
+    """pynetdicom.association's `time`, whose 1 ms reactor sleep waits for a message."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        assoc = _waiting_acceptors.get(threading.get_ident())
+        if assoc is None or seconds != 0.001:
+            time.sleep(seconds)
+        else:
+            _acceptor_idle(assoc)
+
+
+def _install_reactor_guard() -> None:
+    """Close pynetdicom's pause-handshake race (PERFORMANCE.md: "lost a reply").
+
+    A `send_*` call clears `_reactor_checkpoint` and waits for `_is_paused`,
+    but the association thread sets `_is_paused` just before a checkpoint wait
+    that may return at once, and then takes the next DIMSE message off the
+    queue itself: with a fast peer, that is the reply the caller waits for. Here
+    the association thread may take a message only while nobody holds the
+    checkpoint; otherwise it finds the queue empty and goes round to pause.
+    """
+    from pynetdicom import dimse
+
+    original_get_msg = dimse.DIMSEServiceProvider.get_msg
+
+    def get_msg(self: Any, block: bool = False) -> Any:
+        assoc = self.assoc
+        if (
+            not block
+            and threading.get_ident() == assoc.ident
+            and not assoc._reactor_checkpoint.is_set()
+        ):
+            return None, None
+        return original_get_msg(self, block)
+
+    dimse.DIMSEServiceProvider.get_msg = get_msg  # type: ignore[method-assign]
+
+
+def _install_idle_waits() -> None:
+    from pynetdicom import association, dul
+
+    original_dul_run = dul.DULServiceProvider.run_reactor
+    original_send_pdu = dul.DULServiceProvider.send_pdu
+    original_kill = dul.DULServiceProvider.kill_dul
+    original_assoc_run = association.Association._run_reactor
+
+    def wake(provider: Any) -> None:
+        pipe = getattr(provider, "medimg_wake", None)
+        if pipe is not None:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(pipe[1], b"!")
+
+    def dul_run(self: Any) -> None:
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        os.set_blocking(write_end, False)
+        self.medimg_wake = (read_end, write_end)
+        ident = threading.get_ident()
+        _waiting_duls[ident] = self
+        try:
+            original_dul_run(self)
+        finally:
+            _waiting_duls.pop(ident, None)
+            self.medimg_wake = None
+            os.close(read_end)
+            os.close(write_end)
+
+    def send_pdu(self: Any, primitive: Any) -> None:
+        original_send_pdu(self, primitive)
+        wake(self)
+
+    def kill_dul(self: Any) -> None:
+        original_kill(self)
+        wake(self)
+
+    def assoc_run(self: Any) -> None:
+        ident = threading.get_ident()
+        if self.is_acceptor:
+            _waiting_acceptors[ident] = self
+        try:
+            original_assoc_run(self)
+        finally:
+            _waiting_acceptors.pop(ident, None)
+
+    dul.DULServiceProvider.run_reactor = dul_run  # type: ignore[method-assign]
+    dul.DULServiceProvider.send_pdu = send_pdu  # type: ignore[method-assign]
+    dul.DULServiceProvider.kill_dul = kill_dul  # type: ignore[method-assign]
+    association.Association._run_reactor = assoc_run  # type: ignore[method-assign]
+    setattr(dul, "time", _DulTime())  # noqa: B010
+    setattr(association, "time", _AssociationTime())  # noqa: B010
 
 
 def parse_command_set(data: bytes) -> dict[str, Any] | None:
@@ -154,6 +315,8 @@ def install() -> None:
 
     dimse_messages.DIMSEMessage.message_to_primitive = message_to_primitive  # type: ignore[method-assign]
     dimse.DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
+    _install_reactor_guard()
+    _install_idle_waits()
     _installed = True
 
 
