@@ -114,13 +114,16 @@ def inside(root: Path, relative: Path) -> Path:
     return target
 
 
-def write_new_file(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> int:
+def write_new_file(
+    path: Path, chunks: list[bytes] | tuple[bytes, ...], *, make_parent: bool = True
+) -> int:
     """Write `chunks` to `path` via a temporary `.part` file renamed when complete.
 
     A crash leaves at most a `.part` file, never a truncated final one.
     Returns the number of bytes written.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{PART_SUFFIX}")
     size = 0
     try:

@@ -117,3 +117,20 @@ def test_sequences_and_iso2022_go_through_pydicom() -> None:
         reference = read_dataset(BytesIO(data), implicit, True).to_json_dict()
         assert encoded_to_json(data, implicit) == reference
         assert reference["00100010"]["Value"][0]["Ideographic"] == "山田^太郎"
+
+
+def test_header_scan_equals_pydicom_on_generated_files(dicom_data: Any) -> None:
+    """The layout's few tags read by hand equal what pydicom reads, for every test file."""
+    from pydicom import dcmread
+
+    from medimg_cli.dimse.receive import read_header
+
+    tags = (0x00100020, 0x0020000D, 0x0020000E, 0x00200011, 0x00080060)
+    for instance in dicom_data.instances:
+        ds = dcmread(instance.path)
+        for syntax, implicit in (("1.2.840.10008.1.2.1", False), ("1.2.840.10008.1.2", True)):
+            data = encode(ds, implicit, True)
+            assert data is not None
+            fast = read_header(data, syntax, tags)
+            slow = {t: str(ds[t].value) for t in tags if t in ds and ds[t].value not in (None, "")}
+            assert fast == slow

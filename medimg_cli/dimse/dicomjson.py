@@ -164,3 +164,41 @@ def encoded_to_json(data: bytes, implicit: bool) -> dict[str, Any]:
 
     ds = read_dataset(BytesIO(data), implicit, True)
     return dict(ds.to_json_dict())
+
+
+def scan_text(data: bytes, implicit: bool, tags: tuple[int, ...]) -> dict[int, str] | None:
+    """ASCII text values of a few top-level elements, reading only up to the last one.
+
+    For the layout of received files: no pydicom, no decoding past what is
+    needed. None when something needs pydicom: a sequence of undefined length
+    on the way, a non-ASCII value, bytes that do not parse.
+    """
+    last = max(tags)
+    wanted = set(tags)
+    found: dict[int, str] = {}
+    pos, end = 0, len(data)
+    try:
+        while pos + 8 <= end:
+            if implicit:
+                group, elem, length = _TAG_LEN.unpack_from(data, pos)
+                pos += 8
+            else:
+                group, elem, raw_vr, length = _TAG_VR_LEN.unpack_from(data, pos)
+                pos += 8
+                if raw_vr in _LONG_VRS:
+                    (length,) = struct.unpack_from("<I", data, pos)
+                    pos += 4
+            tag = group << 16 | elem
+            if tag > last:
+                break
+            if length == 0xFFFFFFFF:
+                return None
+            if tag in wanted:
+                raw = data[pos : pos + length]
+                if not raw.isascii():
+                    return None
+                found[tag] = raw.decode("ascii").strip(" \x00").split("\\")[0]
+            pos += length
+    except struct.error:
+        return None
+    return found

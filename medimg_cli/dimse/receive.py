@@ -71,12 +71,18 @@ def read_header(data: bytes, transfer_syntax: str, tags: tuple[int, ...]) -> dic
     Reads only up to the last tag wanted (never the pixel data); sequences on
     the way are skipped by pydicom's raw reader without being converted.
     """
-    from pydicom.filereader import read_dataset
+    from medimg_cli.dimse.dicomjson import scan_text
 
     if not tags:
         return {}
     if transfer_syntax == DEFLATED:
         data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, 1 << 20)
+    elif transfer_syntax != EXPLICIT_BIG:
+        fast = scan_text(data, transfer_syntax == IMPLICIT_LITTLE, tags)
+        if fast is not None:
+            return fast
+    from pydicom.filereader import read_dataset
+
     last = max(tags)
     ds = read_dataset(
         BytesIO(data),
@@ -130,6 +136,7 @@ class InstanceWriter:
         self.received = 0
         self.bytes = 0
         self.failed = 0
+        self.made_dirs: set[Path] = set()
 
     def handle(self, event: Any) -> int:
         """EVT_C_STORE handler: returns the C-STORE-RSP status."""
@@ -144,7 +151,10 @@ class InstanceWriter:
             values = self._layout_values(data, syntax, sop_class, sop_instance)
             target = inside(self.out, self.layout.relative_path(values))
             meta = file_meta(sop_class, sop_instance, syntax, event.assoc.requestor.ae_title)
-            size = write_new_file(target, (meta, data))
+            if target.parent not in self.made_dirs:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.made_dirs.add(target.parent)
+            size = write_new_file(target, (meta, data), make_parent=False)
         except Exception as exc:  # the peer gets a failure status; we carry on
             log.warning("could not store %s: %s", sop_instance, exc)
             with self.lock:

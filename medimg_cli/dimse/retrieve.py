@@ -225,7 +225,9 @@ def retrieve(
     writer = None if options.dest else InstanceWriter(out, options.layout, received, failed)
     sop_classes: list[str] = []
     work = list(items)
-    if options.skip_existing or kind == "get":
+    if kind == "get" and not options.skip_existing and options.instances is None:
+        sop_classes = study_sop_classes(target, work)
+    if options.skip_existing or (kind == "get" and not sop_classes):
         instances = options.instances if options.instances is not None else _list_or_none(
             target, work)
         if kind == "get":
@@ -265,6 +267,30 @@ def retrieve(
     summary.done = state.done if writer is not None else summary.done
     summary.failed = max(summary.failed, state.failed)
     return summary.finish()
+
+
+def study_sop_classes(target: Target, items: Sequence[RetrieveItem]) -> list[str]:
+    """SOP classes of the items' studies from SOPClassesInStudy: one response per study.
+
+    Empty when the PACS does not return them for every study (DCMTK's dcmqrscp
+    does not): then the instances are listed instead.
+    """
+    from medimg_cli.dimse.find import find
+    from medimg_cli.query import build_query
+
+    studies = sorted({item.study for item in items})
+    query = build_query(level="study", study_uid=",".join(studies), keys=["SOPClassesInStudy="])
+    found: dict[str, list[str]] = {}
+    try:
+        for record in find(target, query):
+            study = (record.get("0020000D", {}).get("Value") or [""])[0]
+            classes = record.get("00080062", {}).get("Value") or []
+            found[str(study)] = [str(c) for c in classes]
+    except RemoteError:
+        return []
+    if any(not found.get(study) for study in studies):
+        return []
+    return sorted({c for classes in found.values() for c in classes})
 
 
 def _list_or_none(target: Target, items: Sequence[RetrieveItem]) -> list[Instance] | None:
