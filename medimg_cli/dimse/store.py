@@ -492,9 +492,10 @@ class _Exchange:
 
     While inside `with`, the association's own reactor is paused and its DUL
     thread leaves the socket alone (its socket check is swapped for one that
-    reports nothing, confirmed before the first send): this thread writes the
-    requests and reads the responses. Leaving restores pynetdicom's reading,
-    so that release and abort go the usual way.
+    reports nothing, confirmed before the first send, and its transport is put
+    aside): this thread writes the requests and reads the responses. Leaving
+    restores pynetdicom's transport and reading, so that release and abort go
+    the usual way.
     """
 
     def __init__(self, assoc: Association, target: Target) -> None:
@@ -505,6 +506,7 @@ class _Exchange:
         self.fragment = peer_max - 6 if peer_max > 6 else 1 << 20
         self.msg_id = 0
         self.inbox = bytearray()
+        self.transport: Any = None  # pynetdicom's, put aside while we own the socket
 
     def __enter__(self) -> _Exchange:
         assoc, dul = self.assoc, self.assoc.dul
@@ -524,12 +526,20 @@ class _Exchange:
             self._restore()
             raise RemoteError("the association's network thread did not answer",
                               hint="rerun with -vv and report it")
+        # Hide the transport too: an idle wait that selects on the socket (fastpath)
+        # would wake on every response meant for us and spin until we read it; that
+        # cost 1.2 s of CPU and 1.5-3 s of wall time per 2,000 files.
+        self.transport = dul.socket
+        dul.socket = None
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._restore()
 
     def _restore(self) -> None:
+        if self.transport is not None:
+            self.assoc.dul.socket = self.transport
+            self.transport = None
         with contextlib.suppress(AttributeError):
             del self.assoc.dul._is_transport_event
         self.assoc._reactor_checkpoint.set()
