@@ -36,9 +36,11 @@ completions: $(STAMP)
 	    > completions/medimg.$$shell; \
 	done
 
-bench: $(STAMP)
-	$(BIN)/python bench/find.py
+bench: $(STAMP) peers
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/find.py
+	$(BIN)/python bench/retrieve.py
+	$(BIN)/python bench/store.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
