@@ -1,0 +1,172 @@
+"""The HTTP layer shared by DICOMweb (and later FHIR): one httpx client per profile.
+
+`open_client(profile)` applies the profile's base URL, timeouts, TLS settings
+and authentication; `request()` retries idempotent requests on connection
+errors, 429 and 503 (honouring Retry-After, bounded) and turns httpx errors
+and HTTP failures into medimg errors. `-vv` logs method, URL, status and
+timing, with credentials redacted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from medimg_cli.errors import ConnectError, RefusedError, RemoteError, UsageError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from medimg_cli.config import Profile
+
+log = logging.getLogger("medimg.http")
+
+RETRY_STATUSES = (429, 503)
+MAX_RETRIES = 3
+MAX_RETRY_WAIT = 30.0
+_SENSITIVE_HEADERS = {"authorization", "cookie", "set-cookie", "x-api-key", "proxy-authorization"}
+
+
+def redact_headers(headers: Mapping[str, str], extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Headers safe to log: credentials replaced by `<redacted>`."""
+    hidden = _SENSITIVE_HEADERS | {h.lower() for h in extra}
+    return {k: ("<redacted>" if k.lower() in hidden else v) for k, v in headers.items()}
+
+
+def _auth_headers(profile: Profile) -> tuple[dict[str, str], Any]:
+    """(headers, httpx auth) for the profile's `auth` setting."""
+    import httpx
+
+    from medimg_cli.secrets import get_secret
+
+    kind = profile.get("auth", "none")
+    if kind == "none":
+        return {}, None
+    if kind == "basic":
+        username = profile.get("username")
+        if not username:
+            raise UsageError(f"profile '{profile.name}' has auth = \"basic\" but no username",
+                             hint="add username = \"...\" to the profile")
+        password = get_secret(profile.name, "password", profile.get("password_env"), "password")
+        return {}, httpx.BasicAuth(str(username), password)
+    if kind == "bearer":
+        token = get_secret(profile.name, "token", profile.get("token_env"), "bearer token")
+        return {"Authorization": f"Bearer {token}"}, None
+    if kind == "api-key":
+        key = get_secret(profile.name, "api_key", profile.get("api_key_env"), "API key")
+        return {str(profile.get("api_key_header", "X-Api-Key")): key}, None
+    raise UsageError(
+        f"profile '{profile.name}': auth = \"{kind}\" is not available in this version",
+        hint="use none, basic, bearer or api-key",
+    )
+
+
+@contextmanager
+def open_client(profile: Profile, *, timeout: float | None = None) -> Iterator[httpx.Client]:
+    """An httpx client for the profile: base URL, timeouts, TLS, authentication."""
+    import httpx
+
+    headers, auth = _auth_headers(profile)
+    verify: Any = True
+    if profile.get("ca_file"):
+        import ssl
+
+        verify = ssl.create_default_context(cafile=str(profile.get("ca_file")))
+    if profile.get("verify") is False:
+        log.warning("TLS certificate verification is OFF for profile '%s'", profile.name)
+        verify = False
+    cert = None
+    if profile.get("cert_file"):
+        cert = (str(profile.get("cert_file")), str(profile.get("key_file") or "")) if profile.get(
+            "key_file") else str(profile.get("cert_file"))
+    limit = timeout if timeout is not None else profile.timeout
+    client = httpx.Client(
+        base_url=str(profile.get("url")).rstrip("/") + "/",
+        headers={"User-Agent": f"medimg/{_version()}", **headers},
+        auth=auth,
+        verify=verify,
+        cert=cert,
+        timeout=httpx.Timeout(limit),
+        follow_redirects=True,
+        trust_env=True,
+    )
+    client.medimg_secret_headers = tuple(headers)  # type: ignore[attr-defined]
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _version() -> str:
+    from medimg_cli import __version__
+
+    return __version__
+
+
+def _retry_after(response: httpx.Response, attempt: int) -> float:
+    value = response.headers.get("Retry-After", "")
+    if value.isdigit():
+        return float(min(float(value), MAX_RETRY_WAIT))
+    return float(min(0.5 * 2**attempt, MAX_RETRY_WAIT))
+
+
+def check_response(response: httpx.Response, what: str) -> None:
+    """HTTP failures as medimg errors: 401/403 refused (4), others remote failures (5)."""
+    if response.status_code < 400:
+        return
+    detail = response.reason_phrase
+    try:
+        body = response.text.strip()
+    except Exception:  # a streamed body not read yet
+        body = ""
+    if body and len(body) < 300 and "\n" not in body:
+        detail += f": {body}"
+    if response.status_code in (401, 403):
+        raise RefusedError(
+            f"{what}: HTTP {response.status_code} {detail}",
+            hint="check the profile's auth settings and credentials (`medimg login PROFILE`)",
+        )
+    raise RemoteError(f"{what}: HTTP {response.status_code} {detail}",
+                      hint="the server refused the request; rerun with -vv for the exchange")
+
+
+def request(
+    client: httpx.Client, method: str, url: str, *, what: str, idempotent: bool = True,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send a request (retrying idempotent ones); raise medimg errors for failures."""
+    import httpx
+
+    attempt = 0
+    while True:
+        started = time.perf_counter()
+        try:
+            response = client.request(method, url, **kwargs)
+        except httpx.TimeoutException:
+            if idempotent and attempt < MAX_RETRIES:
+                attempt += 1
+                continue
+            raise ConnectError(f"{what}: no answer from {client.base_url} in time",
+                               hint="--timeout sets the limit") from None
+        except httpx.ConnectError as exc:
+            if idempotent and attempt < MAX_RETRIES:
+                time.sleep(min(0.5 * 2**attempt, MAX_RETRY_WAIT))
+                attempt += 1
+                continue
+            raise ConnectError(f"{what}: cannot connect to {client.base_url}: {exc}",
+                               hint="check url in the profile and that the server runs") from None
+        except httpx.TransportError as exc:
+            raise ConnectError(f"{what}: {type(exc).__name__}: {exc}") from None
+        log.debug("%s %s -> %s in %.3f s; request headers %s", method, response.request.url,
+                  response.status_code, time.perf_counter() - started,
+                  redact_headers(response.request.headers,
+                                 getattr(client, "medimg_secret_headers", ())))
+        if response.status_code in RETRY_STATUSES and idempotent and attempt < MAX_RETRIES:
+            time.sleep(_retry_after(response, attempt))
+            attempt += 1
+            continue
+        check_response(response, what)
+        return response
