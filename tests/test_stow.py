@@ -429,12 +429,12 @@ def test_missing_path_and_wrong_profile_type_are_usage_errors(
     tmp_path: Path, recorder: RecordingScp
 ) -> None:
     config = config_for(tmp_path, recorder.profile()
-                        + '[profiles.web]\ntype = "dicomweb"\nurl = "http://127.0.0.1:1/"\n')
+                        + '[profiles.ehr]\ntype = "fhir"\nurl = "http://127.0.0.1:1/"\n')
     missing = medimg("stow", "ctl", str(tmp_path / "nope"), config=config)
     assert missing.code == 2
     assert f"no such file or directory: '{tmp_path / 'nope'}'" in missing.stderr
-    web = medimg("stow", "web", str(tmp_path), config=config)
-    assert web.code == 2 and "a dicomweb profile" in web.stderr
+    ehr = medimg("stow", "ehr", str(tmp_path), config=config)
+    assert ehr.code == 2 and "a fhir profile" in ehr.stderr
     assert recorder.stored == Counter()
 
 

@@ -27,25 +27,47 @@ def stow_command(
         metavar="PATH...", help="DICOM files, or directories (read recursively).")],
     *,
     parallel: Annotated[int, typer.Option("--parallel", min=1, max=32, help="Associations "
-                                          "at once, each in its own process.")] = 1,
+                                          "at once, each in its own process (DICOMweb: "
+                                          "requests at once).")] = 1,
     report: Annotated[str | None, typer.Option("--report", metavar="FILE", show_default=False,
                                                help="Write the summary as JSON.")] = None,
+    study: Annotated[str | None, typer.Option(
+        "--study", metavar="UID", show_default=False,
+        help="DICOMweb: store into this study (POST studies/UID).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, show_default=False,
+        help="DICOMweb: at most N files per request [default: 100].")] = None,
+    batch_mb: Annotated[float | None, typer.Option(
+        "--batch-mb", min=0.001, show_default=False,
+        help="DICOMweb: at most M MB per request [default: 100].")] = None,
     timeout: TimeoutOpt = None,
     calling_aet: CallingAetOpt = None,
     called_aet: CalledAetOpt = None,
 ) -> None:
-    """Send DICOM files to a PACS (C-STORE); files that are not DICOM are skipped.
+    """Send DICOM files to a PACS (C-STORE, or STOW-RS with a dicomweb profile).
 
-    Piped, stdout gets a JSON line per file: path, sop_instance_uid, status
-    (stored, warning, failed, skipped), code (DIMSE status), message.
+    Files that are not DICOM are skipped. Piped, stdout gets a JSON line per
+    file: path, sop_instance_uid, status (stored, warning, failed, skipped),
+    code (DIMSE status, or the STOW-RS FailureReason / WarningReason), message.
     """
     from medimg_cli.cli.progress import finish, progress_bar
-    from medimg_cli.dimse.store import FileResult, stow
+    from medimg_cli.dimse.store import FileResult
+    from medimg_cli.errors import UsageError
 
     rt = runtime(ctx)
     profile = rt.profile(profile_name)
-    require_type(profile, "stow", ("dimse",))
-    target = dimse_target(profile, calling_aet=calling_aet, called_aet=called_aet, timeout=timeout)
+    require_type(profile, "stow", ("dimse", "dicomweb"))
+    if profile.type == "dimse":
+        web_only = [name for name, given in (("--study", study), ("--batch-size", batch_size),
+                                             ("--batch-mb", batch_mb)) if given is not None]
+        if web_only:
+            raise UsageError(f"{', '.join(web_only)}: only for dicomweb profiles "
+                             f"('{profile.name}' is a dimse profile)")
+        target = dimse_target(profile, calling_aet=calling_aet, called_aet=called_aet,
+                              timeout=timeout)
+    elif calling_aet or called_aet:
+        raise UsageError(f"--calling-aet and --called-aet are only for dimse profiles "
+                         f"('{profile.name}' is a dicomweb profile)")
     with progress_bar(rt, "stow") as bar:
         err = sys.stderr if bar else rt.stderr  # Rich wraps sys.stderr to print above the bar
 
@@ -55,5 +77,15 @@ def stow_command(
             if result.status == "failed" or (result.status != "stored" and not rt.quiet):
                 print(f"{result.status}: {result.path}: {result.message}", file=err, flush=True)
 
-        summary = stow(target, paths, parallel=parallel, progress=bar, on_result=show)
+        if profile.type == "dimse":
+            from medimg_cli.dimse.store import stow
+
+            summary = stow(target, paths, parallel=parallel, progress=bar, on_result=show)
+        else:
+            from medimg_cli.dicomweb.stow import stow_rs
+
+            summary = stow_rs(
+                profile, paths, study=study, batch_size=batch_size or 100,
+                batch_bytes=round((batch_mb or 100) * 1_000_000), parallel=parallel,
+                timeout=timeout, progress=bar, on_result=show)
     finish(rt, summary, report)

@@ -289,6 +289,25 @@ def _encoding(syntax: str) -> tuple[bool, bool] | None:
     return _ENCODINGS[syntax]
 
 
+def check_file(f: DicomFile) -> None:
+    """Raise CorruptFileError (or OSError) when the file's data set is broken or it changed.
+
+    The structure check `_send_file` makes, for senders that need it before
+    the first byte goes out (a STOW-RS part cannot be withdrawn once sent).
+    """
+    encoding = _encoding(f.transfer_syntax)
+    with open(f.path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size != f.size:
+            raise CorruptFileError("the file changed since it was read")
+        if encoding is None:
+            return
+        if f.size <= WHOLE_FILE_LIMIT:
+            check_structure(memoryview(fh.read()), f.offset, *encoding)
+        else:
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                check_structure(mapped, f.offset, *encoding)
+
+
 def collect(paths: Iterable[str | Path]) -> list[Path]:
     """The files named, directories walked recursively (sorted), each file once."""
     found: list[Path] = []
@@ -913,7 +932,32 @@ def stow(
     """
     if parallel < 1:
         raise UsageError(f"--parallel {parallel}: expected 1 or more")
-    summary = TransferSummary(operation="stow", profile=target.profile)
+
+    def send(files: list[DicomFile], record: ResultCallback) -> None:
+        workers = min(parallel, len(files))
+        if workers > 1:
+            _run_parallel(target, _split(files, workers), record, max_contexts)
+        else:
+            store_files(target, files, record, max_contexts=max_contexts)
+
+    return send_all(target.profile, paths, send, on_result=on_result, progress=progress)
+
+
+Sender = Callable[[list[DicomFile], ResultCallback], None]
+
+
+def send_all(
+    profile: str,
+    paths: Sequence[str | Path],
+    send: Sender,
+    *,
+    on_result: ResultCallback | None = None,
+    progress: ProgressCallback | None = None,
+) -> TransferSummary:
+    """What every `stow` does whatever the protocol: find the files, read their meta,
+    report the ones that are not DICOM or broken, hand the rest to `send` (C-STORE
+    or STOW-RS), and count each FileResult it passes back into the summary."""
+    summary = TransferSummary(operation="stow", profile=profile)
     candidates = collect(paths)
     files, known = scan(candidates)
     state = Progress(total=len(candidates))
@@ -943,10 +987,7 @@ def stow(
         record(result)
     if progress is not None:
         progress(state)
-    workers = min(parallel, len(files))
-    if workers > 1:
-        _run_parallel(target, _split(files, workers), record, max_contexts)
-    elif files:
-        store_files(target, files, record, max_contexts=max_contexts)
+    if files:
+        send(files, record)
     return summary.finish()
 
