@@ -20,6 +20,7 @@ from medimg_cli.cli.find import find_command
 from medimg_cli.cli.retrieve_cmd import get_command, move_command
 from medimg_cli.cli.runtime import Runtime
 from medimg_cli.cli.stow import stow_command
+from medimg_cli.cli.wado_cmd import wadoget_command
 from medimg_cli.errors import ExitCode, Interrupted, MedimgError
 
 app = typer.Typer(
@@ -104,6 +105,7 @@ app.command("echo", help="Check that a peer answers (C-ECHO) and how the associa
 app.command("find", help="Query for patients, studies, series or instances.")(find_command)
 app.command("move", help="Retrieve by C-MOVE (to medimg itself, or --dest AET).")(move_command)
 app.command("get", help="Retrieve by C-GET (no inbound port needed).")(get_command)
+app.command("wadoget", help="Retrieve by WADO-RS from a DICOMweb profile.")(wadoget_command)
 app.command("stow", help="Send DICOM files and folders to a PACS (C-STORE).")(stow_command)
 app.add_typer(config_app, name="config")
 app.command("profiles", help="List the profiles: name, type, endpoint.")(profiles_command)

@@ -1,0 +1,386 @@
+"""WADO-RS: retrieve studies, series and instances as multipart/related DICOM parts.
+
+Each part is streamed to a temporary `.part` file below `--out` as its bytes
+arrive (memory does not grow with the study), then its file meta and the
+few attributes the layout needs are read from the head of that file, and it
+is renamed to its place by the layout. A broken stream or a part that is not
+DICOM leaves the complete parts, removes the broken one, and is reported as
+a failure of that item.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import re
+import struct
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medimg_cli.dicomweb.multipart import (
+    MultipartError,
+    MultipartReader,
+    PartData,
+    PartEnd,
+    PartStart,
+    TruncatedError,
+    boundary_from_content_type,
+)
+from medimg_cli.errors import ConnectError, RefusedError, RemoteError, UsageError
+from medimg_cli.storage import LAYOUT_FIELDS, PART_SUFFIX, Layout, inside
+from medimg_cli.transfer import ItemResult, Progress, ProgressCallback, TransferSummary
+
+if TYPE_CHECKING:
+    import httpx
+
+    from medimg_cli.dimse.retrieve import RetrieveItem
+
+log = logging.getLogger("medimg.wado")
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+HEAD_BYTES = 1 << 20  # how much of a part is read back for its meta and layout attributes
+_PROGRESS_EVERY = 0.1  # seconds between progress callbacks
+_counter = itertools.count()
+
+
+class NotDicomError(MultipartError):
+    """A part that is not a DICOM Part 10 file."""
+
+
+@dataclass
+class WadoOptions:
+    """Where and how to retrieve."""
+
+    out: Path
+    layout: Layout = field(default_factory=Layout)
+    skip_existing: bool = False
+    transfer_syntax: str = "*"
+
+
+@dataclass(frozen=True)
+class Written:
+    """One instance written to disk."""
+
+    path: Path
+    sop_instance_uid: str
+    study_instance_uid: str
+    size: int
+
+
+def check_transfer_syntax(value: str) -> str:
+    value = value.strip()
+    if value != "*" and not (_UID.match(value) and len(value) <= 64):
+        raise UsageError(f"--transfer-syntax '{value}': expected a transfer syntax UID or *")
+    return value
+
+
+def accept_dicom(transfer_syntax: str) -> str:
+    return f'multipart/related; type="application/dicom"; transfer-syntax={transfer_syntax}'
+
+
+def resource(item: RetrieveItem) -> str:
+    """`studies/S[/series/X[/instances/I]]` (relative to the profile's URL)."""
+    path = f"studies/{item.study}"
+    if item.series:
+        path += f"/series/{item.series}"
+        if item.sops:
+            path += f"/instances/{item.sops[0]}"
+    return path
+
+
+def item_name(item: RetrieveItem) -> str:
+    return "/".join([item.study, *([item.series] if item.series else []), *item.sops])
+
+
+# --------------------------------------------------------------------------
+# Listing and metadata (JSON)
+
+
+def _json(client: httpx.Client, path: str, what: str, params: dict[str, str] | None = None
+          ) -> list[dict[str, Any]]:
+    from medimg_cli.dicomweb.client import request
+
+    response = request(client, "GET", path, what=what, params=params,
+                       headers={"Accept": "application/dicom+json"})
+    if response.status_code == 204 or not response.content.strip():
+        return []
+    try:
+        data = response.json()
+    except ValueError:
+        raise RemoteError(f"{what}: the answer is not JSON",
+                          hint="rerun with -vv to see the exchange") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise RemoteError(f"{what}: expected a JSON array of DICOM JSON objects")
+    return data
+
+
+def list_instances(client: httpx.Client, item: RetrieveItem) -> list[tuple[str, str, str]]:
+    """(study, series, SOP instance) of every instance the item covers, by QIDO-RS."""
+    path = f"studies/{item.study}" + (f"/series/{item.series}" if item.series else "")
+    found = []
+    for record in _json(client, path + "/instances", f"list the instances of {item_name(item)}",
+                        params={"includefield": "0020000E"}):
+        def value(tag: str, rec: dict[str, Any] = record) -> str:
+            values = rec.get(tag, {}).get("Value") or [""]
+            return str(values[0])
+
+        sop = value("00080018")
+        if item.sops and sop not in item.sops:
+            continue
+        found.append((value("0020000D") or item.study, value("0020000E") or item.series or "",
+                      sop))
+    return found
+
+
+def metadata(client: httpx.Client, items: Sequence[RetrieveItem]) -> list[dict[str, Any]]:
+    """The DICOM JSON metadata of every instance the items cover."""
+    records: list[dict[str, Any]] = []
+    for item in items:
+        records += _json(client, resource(item) + "/metadata",
+                         f"metadata of {item_name(item)}")
+    return records
+
+
+# --------------------------------------------------------------------------
+# Reading a part's file meta and layout attributes
+
+
+def parse_file_meta(head: bytes) -> tuple[dict[int, str], int]:
+    """The file meta elements (text values by element number) and where the dataset starts."""
+    if len(head) < 132 or head[128:132] != b"DICM":
+        raise ValueError("no DICM prefix")
+    pos = 132
+    values: dict[int, str] = {}
+    while pos + 8 <= len(head):
+        group, elem = struct.unpack_from("<HH", head, pos)
+        if group != 0x0002:
+            break
+        vr = head[pos + 4 : pos + 6]
+        if vr in (b"OB", b"OW", b"UN", b"UT", b"SQ", b"UC", b"UR"):
+            (length,) = struct.unpack_from("<I", head, pos + 8)
+            pos += 12
+        else:
+            (length,) = struct.unpack_from("<H", head, pos + 6)
+            pos += 8
+        if pos + length > len(head):
+            raise ValueError("file meta runs past the data")
+        if vr in (b"UI", b"SH", b"AE", b"CS", b"LO"):
+            values[elem] = head[pos : pos + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        pos += length
+    if not values.get(0x0010) or not values.get(0x0003):
+        raise ValueError("file meta without transfer syntax or SOP instance UID")
+    return values, pos
+
+
+def layout_values(head: bytes, layout: Layout) -> dict[str, str]:
+    """The layout attributes of a Part 10 file, from its first bytes."""
+    from medimg_cli.dimse.receive import read_header
+
+    meta, start = parse_file_meta(head)
+    wanted = {t for t in (*layout.tags, 0x0020000D) if t not in (0x00080018, 0x00080016)}
+    header = read_header(head[start:], meta[0x0010], tuple(sorted(wanted)))
+    names = {tag: name for name, tag in LAYOUT_FIELDS.items()}
+    values = {names[tag]: value for tag, value in header.items() if tag in names}
+    values["SOPInstanceUID"] = meta[0x0003]
+    values["SOPClassUID"] = meta.get(0x0002, "")
+    return values
+
+
+class _PartFile:
+    """One part on its way to disk: a `.part` file below `out`, renamed when complete."""
+
+    def __init__(self, out: Path, index: int) -> None:
+        self.tmp = out / f".wado-{os.getpid()}-{next(_counter)}{PART_SUFFIX}"
+        self.index = index
+        self.size = 0
+        self.fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/discard
+
+    def write(self, data: bytes) -> None:
+        self.fh.write(data)
+        self.size += len(data)
+
+    def finish(self, out: Path, layout: Layout, made: set[Path]) -> Written:
+        self.fh.close()
+        with open(self.tmp, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+        try:
+            values = layout_values(head, layout)
+        except Exception as exc:
+            raise NotDicomError(f"part {self.index + 1} is not a DICOM file ({exc})") from None
+        target = inside(out, layout.relative_path(values))
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
+        os.replace(self.tmp, target)
+        return Written(target, values["SOPInstanceUID"], values.get("StudyInstanceUID", ""),
+                       self.size)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+# --------------------------------------------------------------------------
+# Streaming one request
+
+
+def _chunks(response: httpx.Response, reader: MultipartReader) -> Iterator[bytes]:
+    """The body's bytes; a connection that breaks becomes a multipart error."""
+    import httpx
+
+    try:
+        yield from response.iter_bytes()
+    except httpx.TimeoutException:
+        raise TruncatedError(f"no data for too long inside part {reader.index + 1}"
+                             if not reader.done else "timed out after the last part") from None
+    except httpx.TransportError as exc:
+        where = f"inside part {reader.index + 1}" if reader.index >= 0 else "before the first part"
+        raise TruncatedError(f"the connection broke {where} ({exc})") from None
+
+
+def fetch(
+    client: httpx.Client,
+    item: RetrieveItem,
+    options: WadoOptions,
+    out: Path,
+    on_written: Callable[[Written], None],
+    on_bytes: Callable[[int], None],
+    made: set[Path],
+) -> None:
+    """GET one WADO-RS resource and write each of its parts; raise on the first fault."""
+    import httpx
+
+    from medimg_cli.dicomweb.client import check_response
+
+    what = f"retrieve {item_name(item)}"
+    headers = {"Accept": accept_dicom(options.transfer_syntax)}
+    try:
+        with client.stream("GET", resource(item), headers=headers) as response:
+            if response.status_code >= 400:
+                response.read()
+                check_response(response, what)
+            reader = MultipartReader(
+                boundary_from_content_type(response.headers.get("content-type", "")))
+            current: _PartFile | None = None
+            try:
+                for chunk in _chunks(response, reader):
+                    for event in reader.feed(chunk):
+                        if isinstance(event, PartData):
+                            assert current is not None
+                            current.write(event.data)
+                            on_bytes(len(event.data))
+                        elif isinstance(event, PartStart):
+                            current = _PartFile(out, event.index)
+                        elif isinstance(event, PartEnd):
+                            assert current is not None
+                            part, current = current, None
+                            try:
+                                written = part.finish(out, options.layout, made)
+                            except BaseException:
+                                part.discard()
+                                raise
+                            on_written(written)
+                reader.close()
+            finally:
+                if current is not None:
+                    current.discard()
+            if reader.parts == 0:
+                raise RemoteError(f"{what}: the server sent no instances")
+    except httpx.TimeoutException:
+        raise ConnectError(f"{what}: no answer from {client.base_url} in time",
+                           hint="--timeout sets the limit") from None
+    except httpx.ConnectError as exc:
+        raise ConnectError(f"{what}: cannot connect to {client.base_url}: {exc}",
+                           hint="check url in the profile and that the server runs") from None
+    except httpx.TransportError as exc:
+        raise ConnectError(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+def retrieve(
+    client: httpx.Client,
+    items: Sequence[RetrieveItem],
+    options: WadoOptions,
+    *,
+    progress: ProgressCallback | None = None,
+    on_file: Callable[[Written], None] | None = None,
+    profile: str = "",
+) -> TransferSummary:
+    """Retrieve `items` by WADO-RS; one ItemResult per item; faults become failed items."""
+    from medimg_cli.dimse.retrieve import RetrieveItem
+
+    summary = TransferSummary(operation="wadoget", profile=profile)
+    out = options.out.expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    state = Progress()
+    last = [0.0]
+    made: set[Path] = set()
+    have: set[str] | None = None
+
+    def report(force: bool = False) -> None:
+        now = time.monotonic()
+        if progress is not None and (force or now - last[0] >= _PROGRESS_EVERY):
+            last[0] = now
+            progress(state)
+
+    for item in items:
+        result = ItemResult(name=item_name(item))
+        summary.items.append(result)
+        started = time.monotonic()
+
+        def on_bytes(n: int) -> None:
+            state.bytes += n
+            report()
+
+        def on_written(w: Written, result: ItemResult = result) -> None:
+            result.done += 1
+            result.bytes += w.size
+            summary.done += 1
+            summary.bytes += w.size
+            state.done += 1
+            state.current = w.sop_instance_uid
+            if on_file is not None:
+                on_file(w)
+            report(force=True)
+
+        try:
+            targets: list[RetrieveItem] = [item]
+            if options.skip_existing:
+                if have is None:
+                    from medimg_cli.storage import stored_sop_uids
+
+                    have = stored_sop_uids(out)
+                listed = list_instances(client, item)
+                result.requested = len(listed)
+                missing = [(st, se, sop) for st, se, sop in listed if sop not in have]
+                result.skipped = len(listed) - len(missing)
+                summary.skipped += result.skipped
+                state.skipped += result.skipped
+                state.remaining = (state.remaining or 0) + len(missing)
+                targets = [RetrieveItem(st, se, (sop,)) for st, se, sop in missing]
+            for target in targets:
+                fetch(client, target, options, out, on_written, on_bytes, made)
+                if options.skip_existing and state.remaining:
+                    state.remaining -= 1
+            result.status = "done"
+        except (ConnectError, RefusedError):
+            raise
+        except RemoteError as exc:
+            result.failed += 1
+            summary.failed += 1
+            state.failed += 1
+            result.status = "failed"
+            result.message = f"{item_name(item)}: {exc.message}"
+            log.info("wadoget %s failed: %s", item_name(item), exc.message)
+        finally:
+            result.seconds = time.monotonic() - started
+        if not options.skip_existing:
+            result.requested = result.done + result.failed
+        report(force=True)
+    return summary.finish()
