@@ -258,3 +258,32 @@ def test_a_part_that_is_not_dicom_is_removed(
     assert result.code == 6, result.stderr
     assert "part 2 is not a DICOM file" in result.stderr
     assert_clean(out, insts[:1])
+
+
+def test_hostile_values_cannot_escape_out(
+    tmp_path: Path, dicom_data: Manifest, fault_server: Callable[[bytes, str], str]
+) -> None:
+    import io
+    import warnings
+
+    import pydicom
+
+    inst = dicom_data.instances[0]
+    ds = pydicom.dcmread(inst.path)
+    ds.PatientID = "../../../../escaped"
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid UID, as it should
+        ds.SeriesInstanceUID = "/tmp/abs"
+        ds.save_as(buf, enforce_file_format=True)
+    url = fault_server(multipart([buf.getvalue()]), CT)
+    out = tmp_path / "deep" / "out"
+    result = medimg("wadoget", "web", inst.study_uid, "--out", str(out),
+                    config=fault_config(tmp_path, url))
+    assert result.code == 0, result.stderr
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".dcm"]
+    assert len(files) == 1
+    assert files[0].is_relative_to(out)
+    assert files[0].relative_to(out).parts[0] == "_.._.._.._escaped"
+    assert files[0].relative_to(out).parts[2] == "_tmp_abs"
+    assert ".." not in files[0].relative_to(out).parts

@@ -77,7 +77,7 @@ def wadoget_command(
     from medimg_cli.cli.progress import progress_bar
     from medimg_cli.dicomweb.client import open_client
     from medimg_cli.dicomweb.wado import WadoOptions, Written, check_transfer_syntax, retrieve
-    from medimg_cli.storage import DEFAULT_LAYOUT, Layout, remove_partials, write_atomic
+    from medimg_cli.storage import DEFAULT_LAYOUT, Layout, write_atomic
 
     rt = runtime(ctx)
     profile = rt.profile(profile_name)
@@ -114,13 +114,11 @@ def wadoget_command(
                 "study_instance_uid": file.study_instance_uid, "bytes": file.size}) + "\n")
             rt.stdout.flush()
 
-    try:
-        with open_client(profile, timeout=timeout) as client, \
-                progress_bar(rt, "wadoget") as progress:
-            summary = retrieve(client, items, options, progress=progress, on_file=on_file,
-                               profile=profile.name)
-    finally:
-        remove_partials(options.out.expanduser())
+    # Each part's .part file is removed by wado.fetch itself on any fault or Ctrl-C.
+    with open_client(profile, timeout=timeout) as client, \
+            progress_bar(rt, "wadoget") as progress:
+        summary = retrieve(client, items, options, progress=progress, on_file=on_file,
+                           profile=profile.name)
     _finish(rt, summary, report)
 
 
