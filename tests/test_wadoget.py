@@ -121,6 +121,62 @@ def test_dimse_profile_is_told_to_use_get(tmp_path: Path, orthanc: Orthanc) -> N
     assert "`wadoget` does not work with profile 'web', a dimse profile" in result.stderr
 
 
+def test_frames_are_the_pixel_data(config: Path, tmp_path: Path, dicom_data: Manifest) -> None:
+    import pydicom
+
+    inst = dicom_data.instances[0]
+    out = tmp_path / "o"
+    result = wadoget(config, out, inst.study_uid, inst.series_uid, inst.sop_instance_uid,
+                     "--frames", "1")
+    frame = expected_path(out, inst).with_name(f"{inst.sop_instance_uid}.frame-1.raw")
+    assert frame.read_bytes() == pydicom.dcmread(inst.path).PixelData
+    assert [Path(r["path"]) for r in result.jsonl()] == [frame]
+    assert [p for p in out.rglob("*") if p.is_file()] == [frame]
+
+
+def test_missing_frame_is_a_remote_failure(config: Path, tmp_path: Path,
+                                           dicom_data: Manifest) -> None:
+    inst = dicom_data.instances[0]
+    out = tmp_path / "o"
+    result = wadoget(config, out, inst.study_uid, inst.series_uid, inst.sop_instance_uid,
+                     "--frames", "7", code=5)
+    assert "frames of" in result.stderr
+    assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize(("accept", "magic", "suffix"),
+                         [("image/png", b"\x89PNG", "png"), ("image/jpeg", b"\xff\xd8", "jpg")])
+def test_rendered_image(config: Path, tmp_path: Path, dicom_data: Manifest, accept: str,
+                        magic: bytes, suffix: str) -> None:
+    inst = dicom_data.instances[0]
+    out = tmp_path / "o"
+    wadoget(config, out, f"{inst.study_uid}/{inst.series_uid}/{inst.sop_instance_uid}",
+            "--rendered", "--accept", accept)
+    image = expected_path(out, inst).with_name(f"{inst.sop_instance_uid}.{suffix}")
+    assert image.read_bytes().startswith(magic)
+    assert [p for p in out.rglob("*") if p.is_file()] == [image]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--frames", "1"), "work on instances"),
+        (("--rendered",), "work on instances"),
+        (("--frames", "0"), "frames start at 1"),
+        (("--frames", "2-x"), "is not a frame number"),
+        (("--accept", "image/png"), "--accept goes with --rendered"),
+        (("--rendered", "--accept", "text/html"), "expected image/jpeg"),
+        (("--metadata", "--rendered"), "exclude each other"),
+        (("--metadata-out", "x.json"), "goes with --metadata"),
+    ],
+)
+def test_bad_wadoget_options_are_usage_errors(config: Path, tmp_path: Path,
+                                              args: tuple[str, ...], fragment: str) -> None:
+    result = wadoget(config, tmp_path / "o", "1.2.3", *args, code=2)
+    assert fragment in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 # --------------------------------------------------------------------------
 # Fault injection: a loopback server that sends what each test says
 

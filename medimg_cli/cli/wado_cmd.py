@@ -67,6 +67,23 @@ def wadoget_command(
                      help="With --metadata: write the JSON to FILE instead of stdout.",
                      show_default=False),
     ] = None,
+    frames: Annotated[
+        str | None,
+        typer.Option("--frames", metavar="LIST",
+                     help="Pixel data of these frames of one instance (e.g. 1,3-5), one file "
+                     "each, instead of the instance.", show_default=False),
+    ] = None,
+    rendered: Annotated[
+        bool,
+        typer.Option("--rendered",
+                     help="The rendered image of one instance (see --accept) instead of the "
+                     "instance."),
+    ] = False,
+    accept: Annotated[
+        str,
+        typer.Option("--accept", metavar="TYPE",
+                     help="With --rendered: image/jpeg | image/png | image/gif."),
+    ] = "image/jpeg",
     report: ReportOpt = None,
     timeout: TimeoutOpt = None,
 ) -> None:
@@ -76,7 +93,13 @@ def wadoget_command(
 
     from medimg_cli.cli.progress import progress_bar
     from medimg_cli.dicomweb.client import open_client
-    from medimg_cli.dicomweb.wado import WadoOptions, Written, check_transfer_syntax, retrieve
+    from medimg_cli.dicomweb.wado import (
+        WadoOptions,
+        Written,
+        check_transfer_syntax,
+        parse_frames,
+        retrieve,
+    )
     from medimg_cli.storage import DEFAULT_LAYOUT, Layout, write_atomic
 
     rt = runtime(ctx)
@@ -85,6 +108,20 @@ def wadoget_command(
     items = _items(uids, uids_from)
     if metadata_out and not metadata:
         raise UsageError("--metadata-out goes with --metadata")
+    if sum((metadata, rendered, frames is not None)) > 1:
+        raise UsageError("--metadata, --frames and --rendered exclude each other")
+    if accept != "image/jpeg" and not rendered:
+        raise UsageError("--accept goes with --rendered")
+    if accept not in ("image/jpeg", "image/png", "image/gif"):
+        raise UsageError(f"--accept '{accept}': expected image/jpeg, image/png or image/gif")
+    frame_list = parse_frames(frames) if frames is not None else None
+    if frame_list is not None or rendered:
+        if skip_existing:
+            raise UsageError("--skip-existing works on instances, not with --frames or "
+                             "--rendered")
+        if not all(item.sops for item in items):
+            raise UsageError("--frames and --rendered work on instances: give STUDY SERIES SOP "
+                             "(or STUDY/SERIES/SOP lines)")
     if metadata:
         from medimg_cli.dicomweb.wado import metadata as fetch_metadata
 
@@ -104,6 +141,8 @@ def wadoget_command(
         layout=Layout(layout or DEFAULT_LAYOUT),
         skip_existing=skip_existing,
         transfer_syntax=check_transfer_syntax(transfer_syntax),
+        frames=frame_list,
+        rendered=accept if rendered else None,
     )
     piped = not rt.stdout_is_terminal
 

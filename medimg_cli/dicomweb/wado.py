@@ -60,6 +60,8 @@ class WadoOptions:
     layout: Layout = field(default_factory=Layout)
     skip_existing: bool = False
     transfer_syntax: str = "*"
+    frames: list[int] | None = None  # pixel data of these frames instead of instances
+    rendered: str | None = None  # the Accept type of a rendered image instead of instances
 
 
 @dataclass(frozen=True)
@@ -194,9 +196,10 @@ def layout_values(head: bytes, layout: Layout) -> dict[str, str]:
 class _PartFile:
     """One part on its way to disk: a `.part` file below `out`, renamed when complete."""
 
-    def __init__(self, out: Path, index: int) -> None:
+    def __init__(self, out: Path, index: int, headers: dict[str, str] | None = None) -> None:
         self.tmp = out / f".wado-{os.getpid()}-{next(_counter)}{PART_SUFFIX}"
         self.index = index
+        self.headers = headers or {}
         self.size = 0
         self.fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/discard
 
@@ -219,6 +222,13 @@ class _PartFile:
         os.replace(self.tmp, target)
         return Written(target, values["SOPInstanceUID"], values.get("StudyInstanceUID", ""),
                        self.size)
+
+    def finish_at(self, target: Path, values: dict[str, str]) -> Written:
+        """Complete a non-DICOM part (a frame, a rendered image) at a path given in advance."""
+        self.fh.close()
+        os.replace(self.tmp, target)
+        return Written(target, values.get("SOPInstanceUID", ""),
+                       values.get("StudyInstanceUID", ""), self.size)
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -245,29 +255,36 @@ def _chunks(response: httpx.Response, reader: MultipartReader) -> Iterator[bytes
         raise TruncatedError(f"the connection broke {where} ({exc})") from None
 
 
-def fetch(
+def _stream(
     client: httpx.Client,
-    item: RetrieveItem,
-    options: WadoOptions,
+    path: str,
+    accept: str,
+    what: str,
     out: Path,
+    place: Callable[[_PartFile], Written],
     on_written: Callable[[Written], None],
     on_bytes: Callable[[int], None],
-    made: set[Path],
-) -> None:
-    """GET one WADO-RS resource and write each of its parts; raise on the first fault."""
+    *,
+    multipart: bool = True,
+) -> int:
+    """GET `path` and write each part (or the one body) to disk; `place` renames a part.
+
+    Returns the number of files written; raises on the first fault, after
+    removing the broken part.
+    """
     import httpx
 
     from medimg_cli.dicomweb.client import check_response
 
-    what = f"retrieve {item_name(item)}"
-    headers = {"Accept": accept_dicom(options.transfer_syntax)}
     try:
-        with client.stream("GET", resource(item), headers=headers) as response:
+        with client.stream("GET", path, headers={"Accept": accept}) as response:
             if response.status_code >= 400:
                 response.read()
                 check_response(response, what)
-            reader = MultipartReader(
-                boundary_from_content_type(response.headers.get("content-type", "")))
+            content_type = response.headers.get("content-type", "")
+            if not multipart:
+                return _stream_single(response, content_type, out, place, on_written, on_bytes)
+            reader = MultipartReader(boundary_from_content_type(content_type))
             current: _PartFile | None = None
             try:
                 for chunk in _chunks(response, reader):
@@ -277,12 +294,12 @@ def fetch(
                             current.write(event.data)
                             on_bytes(len(event.data))
                         elif isinstance(event, PartStart):
-                            current = _PartFile(out, event.index)
+                            current = _PartFile(out, event.index, event.headers)
                         elif isinstance(event, PartEnd):
                             assert current is not None
                             part, current = current, None
                             try:
-                                written = part.finish(out, options.layout, made)
+                                written = place(part)
                             except BaseException:
                                 part.discard()
                                 raise
@@ -292,7 +309,8 @@ def fetch(
                 if current is not None:
                     current.discard()
             if reader.parts == 0:
-                raise RemoteError(f"{what}: the server sent no instances")
+                raise RemoteError(f"{what}: the server sent nothing")
+            return reader.parts
     except httpx.TimeoutException:
         raise ConnectError(f"{what}: no answer from {client.base_url} in time",
                            hint="--timeout sets the limit") from None
@@ -301,6 +319,154 @@ def fetch(
                            hint="check url in the profile and that the server runs") from None
     except httpx.TransportError as exc:
         raise ConnectError(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+def _stream_single(
+    response: httpx.Response, content_type: str, out: Path,
+    place: Callable[[_PartFile], Written], on_written: Callable[[Written], None],
+    on_bytes: Callable[[int], None],
+) -> int:
+    """A single-part body (a rendered image) to one file."""
+    import httpx
+
+    part = _PartFile(out, 0, {"content-type": content_type})
+    try:
+        try:
+            for chunk in response.iter_bytes():
+                part.write(chunk)
+                on_bytes(len(chunk))
+        except httpx.TransportError as exc:
+            raise TruncatedError(f"the connection broke during the image ({exc})") from None
+        written = place(part)
+    except BaseException:
+        part.discard()
+        raise
+    on_written(written)
+    return 1
+
+
+def fetch(
+    client: httpx.Client,
+    item: RetrieveItem,
+    options: WadoOptions,
+    out: Path,
+    on_written: Callable[[Written], None],
+    on_bytes: Callable[[int], None],
+    made: set[Path],
+) -> None:
+    """GET one WADO-RS resource and write each of its instances; raise on the first fault."""
+    _stream(client, resource(item), accept_dicom(options.transfer_syntax),
+            f"retrieve {item_name(item)}", out,
+            lambda part: part.finish(out, options.layout, made), on_written, on_bytes)
+
+
+# --------------------------------------------------------------------------
+# Frames and rendered images (instance level)
+
+
+_EXTENSIONS = {
+    "application/octet-stream": "raw",
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/gif": "gif",
+    "image/jp2": "jp2",
+    "image/jls": "jls",
+    "image/jpx": "jpx",
+    "image/dicom-rle": "rle",
+}
+
+
+def extension(content_type: str) -> str:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return _EXTENSIONS.get(media, "bin")
+
+
+def parse_frames(text: str) -> list[int]:
+    """`1,3-5` -> [1, 3, 4, 5] (sorted, distinct, 1-based)."""
+    frames: set[int] = set()
+    for piece in text.split(","):
+        piece = piece.strip()
+        first, sep, last = piece.partition("-")
+        try:
+            lo = int(first)
+            hi = int(last) if sep else lo
+        except ValueError:
+            raise UsageError(f"--frames '{text}': '{piece}' is not a frame number or range",
+                             hint="for example --frames 1,3-5") from None
+        if lo < 1 or hi < lo or hi - lo > 100_000:
+            raise UsageError(f"--frames '{text}': '{piece}' is not a valid range (frames start "
+                             "at 1)")
+        frames.update(range(lo, hi + 1))
+    return sorted(frames)
+
+
+def values_from_json(record: dict[str, Any]) -> dict[str, str]:
+    """The layout attributes from a DICOM JSON record."""
+    values: dict[str, str] = {}
+    for name, tag in LAYOUT_FIELDS.items():
+        element = record.get(f"{tag:08X}") or {}
+        first = (element.get("Value") or [None])[0]
+        if isinstance(first, dict):
+            first = first.get("Alphabetic")
+        if first is not None:
+            values[name] = str(first)
+    return values
+
+
+def _instance_base(client: httpx.Client, item: RetrieveItem, out: Path, layout: Layout
+                   ) -> tuple[Path, dict[str, str]]:
+    """Where the instance's file would go by the layout, less its suffix."""
+    if not (item.series and item.sops):
+        raise UsageError("--frames and --rendered work on one instance: give STUDY SERIES SOP")
+    records = _json(client, resource(item) + "/metadata", f"metadata of {item_name(item)}")
+    values = values_from_json(records[0]) if records else {}
+    values.setdefault("StudyInstanceUID", item.study)
+    values.setdefault("SeriesInstanceUID", item.series)
+    values["SOPInstanceUID"] = item.sops[0]
+    target = inside(out, layout.relative_path(values))
+    return target.with_suffix("") if target.suffix == ".dcm" else target, values
+
+
+def fetch_frames(
+    client: httpx.Client, item: RetrieveItem, frames: Sequence[int], options: WadoOptions,
+    out: Path, on_written: Callable[[Written], None], on_bytes: Callable[[int], None],
+) -> None:
+    """Pixel data of the given frames, one file each: `<instance path>.frame-N.<ext>`."""
+    base, values = _instance_base(client, item, out, options.layout)
+    base.parent.mkdir(parents=True, exist_ok=True)
+
+    def place(part: _PartFile) -> Written:
+        if part.index >= len(frames):
+            raise MultipartError(f"the server sent more than the {len(frames)} frames asked for")
+        kind = part.headers.get("content-type", "application/octet-stream")
+        return part.finish_at(base.with_name(
+            f"{base.name}.frame-{frames[part.index]}.{extension(kind)}"), values)
+
+    accept = ('multipart/related; type="application/octet-stream"; '
+              f"transfer-syntax={options.transfer_syntax}")
+    got = _stream(client, resource(item) + "/frames/" + ",".join(map(str, frames)), accept,
+                  f"frames of {item_name(item)}", out, place, on_written, on_bytes)
+    if got < len(frames):
+        raise RemoteError(f"frames of {item_name(item)}: asked for {len(frames)}, got {got}")
+
+
+def fetch_rendered(
+    client: httpx.Client, item: RetrieveItem, accept: str, options: WadoOptions, out: Path,
+    on_written: Callable[[Written], None], on_bytes: Callable[[int], None],
+) -> None:
+    """The rendered instance (image/jpeg, image/png) as `<instance path>.<ext>`."""
+    base, values = _instance_base(client, item, out, options.layout)
+    base.parent.mkdir(parents=True, exist_ok=True)
+
+    def place(part: _PartFile) -> Written:
+        kind = part.headers.get("content-type", "")
+        if not kind.lower().startswith("image/"):
+            raise RemoteError(f"rendered {item_name(item)}: expected an image, got "
+                              f"Content-Type '{kind}'")
+        return part.finish_at(base.with_name(f"{base.name}.{extension(kind)}"), values)
+
+    _stream(client, resource(item) + "/rendered", accept, f"rendered {item_name(item)}", out,
+            place, on_written, on_bytes, multipart=False)
 
 
 def retrieve(
@@ -365,7 +531,14 @@ def retrieve(
                 state.remaining = (state.remaining or 0) + len(missing)
                 targets = [RetrieveItem(st, se, (sop,)) for st, se, sop in missing]
             for target in targets:
-                fetch(client, target, options, out, on_written, on_bytes, made)
+                if options.frames:
+                    fetch_frames(client, target, options.frames, options, out, on_written,
+                                 on_bytes)
+                elif options.rendered:
+                    fetch_rendered(client, target, options.rendered, options, out, on_written,
+                                   on_bytes)
+                else:
+                    fetch(client, target, options, out, on_written, on_bytes, made)
                 if options.skip_existing and state.remaining:
                     state.remaining -= 1
             result.status = "done"
