@@ -224,6 +224,20 @@ class Query:
         """
         return any(self.fixed_value(level) is None for level in self.chain[:-1])
 
+    def output_tags(self) -> frozenset[str]:
+        """Hex tags of what a match may carry in medimg's output, whatever the protocol.
+
+        The keys asked back, the keys matched on at this level, and the unique
+        keys above it: so that C-FIND and QIDO-RS answers for the same data print alike
+        (PACS add attributes of their own, e.g. RetrieveAETitle or RetrieveURL).
+        """
+        tags = {key.hex for key in self.return_keys()}
+        tags.update(
+            key.hex for kw, (key, _) in self.filters.items() if self.home(kw) == self.level)
+        for level in self.chain:
+            tags.add(lookup_key(UNIQUE_KEY[level]).hex)
+        return frozenset(tags)
+
     def fixed_value(self, level: str) -> str | None:
         """The single unique key value asked for at `level` when it is all that is asked there."""
         unique = UNIQUE_KEY[level]
@@ -439,3 +453,12 @@ def _json_values(record: dict[str, object], hex_tag: str) -> list[object]:
         if isinstance(value, list):
             return value
     return []
+
+
+def normalise_record(record: dict[str, object], tags: frozenset[str]) -> dict[str, object]:
+    """A match as medimg prints it: only `tags`, only elements with a value, in tag order."""
+    return {
+        tag: element
+        for tag, element in sorted(record.items())
+        if tag in tags and isinstance(element, dict) and element.get("Value") not in (None, [])
+    }

@@ -381,6 +381,8 @@ class Orthanc(Peer):
         self.config: dict[str, Any] = {}
         # never use a proxy from the environment for loopback requests
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # Basic credentials of the first RegisteredUsers entry, when auth is on.
+        self.auth_headers: dict[str, str] = {}
 
     @property
     def dicomweb_url(self) -> str:
@@ -479,6 +481,13 @@ class Orthanc(Peer):
                 modalities=modalities,
                 extra=extra_config,
             )
+            users = peer.config.get("RegisteredUsers") or {}
+            if peer.config.get("AuthenticationEnabled") and users:
+                import base64
+
+                user, password = next(iter(users.items()))
+                token = base64.b64encode(f"{user}:{password}".encode()).decode()
+                peer.auth_headers = {"Authorization": f"Basic {token}"}
             config_path = workdir / "orthanc.json"
             config_path.write_text(json.dumps(peer.config, indent=2, ensure_ascii=False))
             t0 = time.monotonic()
@@ -498,7 +507,8 @@ class Orthanc(Peer):
         if not _tcp_connects(self.port):
             return False
         try:
-            with self._opener.open(f"{self.http_url}/system", timeout=1) as resp:
+            req = urllib.request.Request(f"{self.http_url}/system", headers=self.auth_headers)
+            with self._opener.open(req, timeout=1) as resp:
                 return bool(resp.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -524,7 +534,7 @@ class Orthanc(Peer):
         else:
             data = body
         req = urllib.request.Request(
-            f"{self.http_url}{path}", data=data, method=method
+            f"{self.http_url}{path}", data=data, method=method, headers=self.auth_headers
         )
         if content_type:
             req.add_header("Content-Type", content_type)
@@ -550,7 +560,7 @@ class Orthanc(Peer):
                 body = Path(path).read_bytes()
                 conn.request(
                     "POST", "/instances", body=body,
-                    headers={"Content-Type": "application/dicom"},
+                    headers={"Content-Type": "application/dicom", **self.auth_headers},
                 )
                 resp = conn.getresponse()
                 raw = resp.read()

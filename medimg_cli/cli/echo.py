@@ -17,6 +17,8 @@ from medimg_cli.cli.options import (
     require_type,
     runtime,
 )
+from medimg_cli.cli.runtime import Runtime
+from medimg_cli.config import Profile
 
 
 def echo_command(
@@ -45,9 +47,11 @@ def echo_command(
 
     rt = runtime(ctx)
     profile = rt.profile(profile_name)
-    if profile.type != "dimse":
-        require_type(profile, "echo", ("dimse",))
+    require_type(profile, "echo", ("dimse", "dicomweb"))
     fmt = check_format(fmt, rt, ("table", "json", "jsonl"))
+    if profile.type == "dicomweb":
+        _http_echo(rt, profile, count, interval, timeout, fmt)
+        return
     target = dimse_target(profile, calling_aet=calling_aet, called_aet=called_aet,
                           timeout=timeout)
     peer = f"{target.called_aet}@{target.host}:{target.port}"
@@ -90,3 +94,32 @@ def echo_command(
             f"{len(results)} C-ECHOs to {peer}: round trip min/avg/max = "
             f"{min(times):.2f}/{sum(times) / len(times):.2f}/{max(times):.2f} ms"
         )
+
+
+def _http_echo(rt: Runtime, profile: Profile, count: int, interval: float,
+               timeout: float | None, fmt: str) -> None:
+    """DICOMweb echo: `GET studies?limit=1`, timed, `count` times."""
+    import json
+    import time
+
+    from medimg_cli.dicomweb.client import open_client
+    from medimg_cli.dicomweb.qido import dicomweb_echo
+
+    url = str(profile.get("url"))
+    results = []
+    with open_client(profile, timeout=timeout) as client:
+        for seq in range(1, count + 1):
+            if seq > 1 and interval > 0:
+                time.sleep(interval)
+            status, seconds = dicomweb_echo(client)
+            ms = seconds * 1000
+            results.append({"url": url, "seq": seq, "status": status, "ms": round(ms, 3)})
+            if fmt == "table":
+                rt.stdout.write(f"GET {url}/studies?limit=1: seq={seq} HTTP {status} "
+                                f"time={ms:.2f} ms\n")
+            elif fmt == "jsonl":
+                rt.stdout.write(json.dumps(results[-1]) + "\n")
+            rt.stdout.flush()
+    if fmt == "json":
+        rt.stdout.write(json.dumps({"profile": profile.name, "url": url, "echoes": results},
+                                   indent=2) + "\n")

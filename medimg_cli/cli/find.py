@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,9 @@ from medimg_cli.cli.options import (
     runtime,
 )
 from medimg_cli.output import FORMATS
+
+if TYPE_CHECKING:
+    from medimg_cli.cli.runtime import Runtime
 
 
 def find_command(
@@ -97,7 +100,7 @@ def find_command(
 
     rt = runtime(ctx)
     profile = rt.profile(profile_name)
-    require_type(profile, "find", ("dimse",))
+    require_type(profile, "find", ("dimse", "dicomweb"))
     fmt = check_format(fmt, rt, FORMATS)
     query = build_query(
         level=level.lower(),
@@ -114,10 +117,19 @@ def find_command(
         keys=keys or (),
         limit=limit,
     )
+    started = time.perf_counter()
+    if profile.type == "dicomweb":
+        from medimg_cli.dicomweb.client import open_client
+        from medimg_cli.dicomweb.qido import qido_find
+
+        with open_client(profile, timeout=timeout) as client:
+            count = render_records(qido_find(client, query), fmt, rt.stdout, level=query.level,
+                                   extra_keys=query.extra_keys, color=rt.color)
+        _summary(rt, count, started)
+        return
     target = dimse_target(profile, calling_aet=calling_aet, called_aet=called_aet,
                           timeout=timeout)
     reports: list[AssociationReport] = []
-    started = time.perf_counter()
     records = find(target, query, report=reports)
     if rt.verbose:
         first = next(records, None)
@@ -129,6 +141,10 @@ def find_command(
             records = itertools.chain([first], records)
     count = render_records(records, fmt, rt.stdout, level=query.level,
                            extra_keys=query.extra_keys, color=rt.color)
+    _summary(rt, count, started)
+
+
+def _summary(rt: Runtime, count: int, started: float) -> None:
     rt.stdout.flush()
     if rt.stderr_is_terminal or rt.verbose:
         noun = "match" if count == 1 else "matches"

@@ -17,7 +17,7 @@ from medimg_cli.dimse.association import AssociationReport, Target, open_associa
 from medimg_cli.dimse.dicomjson import encoded_to_json
 from medimg_cli.dimse.status import describe_status, no_response_error
 from medimg_cli.errors import RemoteError, UsageError
-from medimg_cli.query import DIMSE_LEVEL, UNIQUE_KEY, Query, Step, lookup_key
+from medimg_cli.query import DIMSE_LEVEL, UNIQUE_KEY, Query, Step, lookup_key, normalise_record
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -64,8 +64,13 @@ def build_identifier(step: Step) -> Dataset:
     return ds
 
 
-def to_json(data: bytes, implicit: bool, fixed: Mapping[str, str]) -> dict[str, Any]:
-    """A C-FIND response identifier in the DICOM JSON model, upper unique keys filled in."""
+def to_json(
+    data: bytes, implicit: bool, fixed: Mapping[str, str], tags: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """A C-FIND response identifier in the DICOM JSON model, upper unique keys filled in.
+
+    With `tags`, only those elements (with a value) are kept: see Query.output_tags.
+    """
     record = encoded_to_json(data, implicit)
     for tag in _DROP:
         record.pop(tag, None)
@@ -73,8 +78,9 @@ def to_json(data: bytes, implicit: bool, fixed: Mapping[str, str]) -> dict[str, 
         hex_tag, vr = _FIXED_KEYS[keyword]
         if "Value" not in record.get(hex_tag, {}):
             record[hex_tag] = {"vr": vr, "Value": [value]}
-            record = dict(sorted(record.items()))
-    return record
+    if tags is not None:
+        return normalise_record(record, tags)
+    return dict(sorted(record.items()))
 
 
 def send_c_find(
@@ -139,6 +145,7 @@ class _Finder:
         self.remaining = query.limit
         self.msg_id = 0
         self.deferred: list[dict[str, Any]] = []
+        self.tags = query.output_tags() | {_MODALITIES_IN_STUDY, _MODALITY}
 
     def run(
         self,
@@ -162,7 +169,8 @@ class _Finder:
             if code in _PENDING:
                 if cancelled or data is None:
                     continue
-                record = to_json(data, implicit, fixed)
+                record = to_json(data, implicit, fixed,
+                                 self.tags if step.level == self.query.level else None)
                 verdict = accept(record) if accept is not None else True
                 if verdict is None:
                     self.deferred.append(record)
