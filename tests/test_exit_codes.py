@@ -84,3 +84,16 @@ def test_bad_option_is_a_usage_error() -> None:
 def test_version_and_python_m() -> None:
     result = medimg("--version")
     assert (result.code, result.stdout) == (0, f"medimg {__version__}\n")
+
+
+def test_every_command_has_working_help() -> None:
+    """Help text goes through Rich markup: a stray `[/...]` breaks it at run time."""
+    from medimg_cli.cli.app import app
+
+    commands = [c.name for c in app.registered_commands if c.name]
+    groups = [g.name for g in app.registered_groups if g.name]
+    assert {"echo", "find", "move", "get", "stow", "wadoget"} <= set(commands)
+    for name in [*commands, *groups, "config init", "config show"]:
+        result = medimg(*name.split(), "--help")
+        assert result.code == 0, f"{name} --help: {result.stderr}"
+        assert "Usage: medimg" in result.stdout

@@ -91,7 +91,7 @@ def find_command(
     """Query for patients, studies, series or instances (C-FIND).
 
     Results are the DICOM JSON model in json/jsonl; `--format uids` prints
-    STUDY[/SERIES[/SOP]] lines that `move`, `get` and `wadoget` accept.
+    STUDY, STUDY/SERIES or STUDY/SERIES/SOP lines that `move`, `get` and `wadoget` accept.
     """
     from medimg_cli.dimse.association import AssociationReport
     from medimg_cli.dimse.find import find

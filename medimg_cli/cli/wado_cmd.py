@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 WadoUidsArg = Annotated[
     list[str] | None,
     typer.Argument(
-        metavar="STUDY [SERIES [SOP]]",
-        help="The study, series and instance UIDs; or UID lines STUDY[/SERIES[/SOP]] "
+        metavar="STUDY/SERIES/SOP",
+        help="The study, series and instance UIDs; or UID lines STUDY, STUDY/SERIES or "
+        "STUDY/SERIES/SOP "
         "as `find --format uids` prints.",
         show_default=False,
     ),
