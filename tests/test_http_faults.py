@@ -153,3 +153,14 @@ def test_credentials_are_sent_but_never_logged(
     assert secret in sent[header]
     assert secret not in result.stderr + result.stdout
     assert "<redacted>" in result.stderr
+
+
+def test_tls_verification_off_is_warned_about(tmp_path: Path, server: tuple[str, Script]) -> None:
+    url, script = server
+    script.answers = [json_answer([MATCH])]
+    result = medimg("find", "web", config=config_for(tmp_path, url, "verify = false\n"))
+    assert result.code == 0, result.stderr
+    assert "medimg: warning: TLS certificate verification is OFF for profile 'web'" in (
+        result.stderr)
+    quiet = medimg("-q", "find", "web", config=config_for(tmp_path, url, "verify = false\n"))
+    assert quiet.stderr == ""

@@ -74,6 +74,31 @@ def main_callback(
     ctx.obj = rt
     if verbose:
         _setup_logging(verbose)
+    elif not quiet:
+        _setup_warnings()
+    else:
+        import logging
+
+        # -q: not even Python's last-resort handler may print a warning.
+        logging.getLogger("medimg").addHandler(logging.NullHandler())
+
+
+class _WarningFormatter:
+    """`medimg: warning: ...`, one line, like the error lines."""
+
+    def format(self, record: Any) -> str:
+        return f"medimg: warning: {record.getMessage()}"
+
+
+def _setup_warnings() -> None:
+    """Without -v, medimg's own warnings (e.g. TLS verification off) still reach stderr."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_WarningFormatter())  # type: ignore[arg-type]
+    logger = logging.getLogger("medimg")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
 
 
 def _setup_logging(verbose: int) -> None:
