@@ -407,3 +407,49 @@ def test_answer_without_body_or_mention(tmp_path: Path) -> None:
     assert {r.status for r in parse_answer(files, 202, b"not json", 0.1)} == {"warning"}
     one = json.dumps(all_stored(["1.2.a"])[1]).encode()
     assert [r.status for r in parse_answer(files, 200, one, 0.1)] == ["stored", "warning"]
+
+
+def test_orthanc_fails_instances_of_another_study_than_study_option(
+    tmp_path: Path, fresh_peers: PeerPool, dicom_data: Manifest
+) -> None:
+    orthanc = fresh_peers.orthanc()
+    config = write_config(tmp_path / "c.toml", orthanc.dicomweb_profile_toml("web"))
+    first, other = dicom_data.studies[0], dicom_data.studies[1]
+    mine = [i.path for i in dicom_data.instances if i.study_uid == first.study_uid]
+    theirs = [i.path for i in dicom_data.instances if i.study_uid == other.study_uid]
+
+    # all of another study: Orthanc answers 409 with a FailedSOPSequence (0x0110)
+    none = medimg("stow", "web", *map(str, theirs), "--study", first.study_uid, config=config)
+    assert none.code == 5, none.stderr
+    assert {(line["status"], line["code"]) for line in none.jsonl()} == {("failed", 0x0110)}
+    assert all(line["message"].startswith("0x0110 Failure") for line in none.jsonl())
+    assert orthanc.statistics()["CountInstances"] == 0
+
+    # mixed: 409 again, yet the study's own instances are stored and listed as such
+    mixed = medimg("stow", "web", *map(str, mine + theirs), "--study", first.study_uid,
+                   config=config)
+    assert mixed.code == 6, mixed.stderr
+    status = {line["path"]: (line["status"], line["code"]) for line in mixed.jsonl()}
+    assert status == {**{str(p): ("stored", 0) for p in mine},
+                      **{str(p): ("failed", 0x0110) for p in theirs}}
+    assert orthanc.statistics()["CountInstances"] == len(mine)
+
+
+def test_conflict_answer_trusts_its_sequences_and_fails_the_unmentioned(
+    tmp_path: Path, fake: FakeStow, dicom_data: Manifest
+) -> None:
+    paths = dicom_data.paths[:3]
+    failed, stored, unmentioned = map(uid_of, paths)
+    fake.answer = lambda uids: (409, {
+        "00081198": {"vr": "SQ", "Value": [seq_item(failed, **{"00081197": 0xC000})]},
+        "00081199": {"vr": "SQ", "Value": [seq_item(stored)]}})
+    config = write_config(tmp_path / "c.toml", fake.profile())
+    result = medimg("stow", "web", *map(str, paths), config=config)
+    assert result.code == 6, result.stderr
+    lines = {line["sop_instance_uid"]: line for line in result.jsonl()}
+    assert (lines[failed]["status"], lines[failed]["code"]) == ("failed", 0xC000)
+    assert lines[failed]["message"].startswith("0xC000 Failure")
+    assert (lines[stored]["status"], lines[stored]["code"]) == ("stored", 0)
+    assert lines[unmentioned]["status"] == "failed"
+    assert lines[unmentioned]["message"] == "STOW-RS of 3 files: HTTP 409 Conflict"
+    assert len(fake.requests) == 1

@@ -135,9 +135,13 @@ def check_response(response: httpx.Response, what: str) -> None:
 
 def request(
     client: httpx.Client, method: str, url: str, *, what: str, idempotent: bool = True,
-    **kwargs: Any,
+    answered: tuple[int, ...] = (), **kwargs: Any,
 ) -> httpx.Response:
-    """Send a request (retrying idempotent ones); raise medimg errors for failures."""
+    """Send a request (retrying idempotent ones); raise medimg errors for failures.
+
+    Statuses in `answered` are returned, not raised: the caller reads their
+    body (a STOW-RS 409 lists the instances that failed, and why).
+    """
     import httpx
 
     attempt = 0
@@ -168,5 +172,6 @@ def request(
             time.sleep(_retry_after(response, attempt))
             attempt += 1
             continue
-        check_response(response, what)
+        if response.status_code not in answered:
+            check_response(response, what)
         return response

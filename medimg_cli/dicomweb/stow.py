@@ -18,8 +18,12 @@ for C-STORE (`dimse.store.send_all`); what differs is the sending:
    FailedSOPSequence (0008,1198) failed with FailureReason (0008,1197).
 
 A STOW is never retried (the server may have stored part of it). HTTP 401/403
-raise RefusedError (exit 4); another HTTP failure fails the files of that
-batch with the server's message and the next batch is tried.
+raise RefusedError (exit 4); in a 400 or 409 answer the files it lists as
+failed get its FailureReason, those it lists as stored are stored (Orthanc
+answers 409 as soon as one instance failed, e.g. one of another study than
+`--study`, having stored the rest), and the others fail with the HTTP status;
+another HTTP failure fails the files of that batch with the server's message.
+Either way the next batch is tried.
 """
 
 from __future__ import annotations
@@ -147,9 +151,15 @@ def describe_reason(code: int) -> str:
 
 
 def parse_answer(
-    files: Sequence[DicomFile], status: int, body: bytes, seconds: float
+    files: Sequence[DicomFile], status: int, body: bytes, seconds: float, error: str = "",
 ) -> list[FileResult]:
-    """Each file's result from a STOW-RS answer (DICOM JSON, PS3.18 10.5.3)."""
+    """Each file's result from a STOW-RS answer (DICOM JSON, PS3.18 10.5.3).
+
+    `status` 200 stored all, 202 some; 400 and 409 (with `error`, the HTTP
+    failure in words) failed, and may say why per instance. What the answer
+    lists in ReferencedSOPSequence was stored whatever the status: Orthanc
+    answers 409 when any instance failed, having stored the others.
+    """
     answer: Any = None
     if body.strip():
         try:
@@ -171,7 +181,9 @@ def parse_answer(
             message = describe_reason(reason) if reason is not None else "failed (no reason given)"
             fates[_uid_of(item)] = (FAILED, reason, message)
     default: tuple[str, int | None, str]
-    if not fates:  # no usable answer: the HTTP status is all there is
+    if status >= 400:
+        default = (FAILED, None, error or f"HTTP {status}")
+    elif not fates:  # no usable answer: the HTTP status is all there is
         if status == 200:
             default = (STORED, 0, "")
         else:
@@ -194,7 +206,7 @@ def post_batch(
     client: httpx.Client, files: Sequence[DicomFile], *, study: str | None = None,
 ) -> list[FileResult]:
     """Check the files, POST the good ones in one STOW-RS request; a result per file."""
-    from medimg_cli.dicomweb.client import request
+    from medimg_cli.dicomweb.client import check_response, request
 
     results: list[FileResult] = []
     good: list[DicomFile] = []
@@ -218,7 +230,8 @@ def post_batch(
     started = time.perf_counter()
     try:
         response = request(
-            client, "POST", url, what=what, idempotent=False, content=iter(body),
+            client, "POST", url, what=what, idempotent=False, answered=(400, 409),
+            content=iter(body),
             headers={"Content-Type": body.content_type, "Content-Length": str(len(body)),
                      "Accept": "application/dicom+json"},
         )
@@ -230,7 +243,13 @@ def post_batch(
                                      message=exc.message) for f in good]
     seconds = time.perf_counter() - started
     log.info("%s: HTTP %d in %.3f s", what, response.status_code, seconds)
-    return results + parse_answer(good, response.status_code, response.content, seconds)
+    error = ""
+    if response.status_code >= 400:
+        try:
+            check_response(response, what)
+        except RemoteError as exc:
+            error = exc.message
+    return results + parse_answer(good, response.status_code, response.content, seconds, error)
 
 
 def stow_rs(
