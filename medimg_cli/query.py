@@ -185,6 +185,7 @@ class Query:
     filters: dict[str, tuple[Key, str]] = field(default_factory=dict)
     extra_keys: list[Key] = field(default_factory=list)
     limit: int | None = None
+    fuzzy: bool = False  # QIDO-RS fuzzymatching
 
     @property
     def chain(self) -> tuple[str, ...]:

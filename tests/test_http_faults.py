@@ -164,3 +164,12 @@ def test_tls_verification_off_is_warned_about(tmp_path: Path, server: tuple[str,
         result.stderr)
     quiet = medimg("-q", "find", "web", config=config_for(tmp_path, url, "verify = false\n"))
     assert quiet.stderr == ""
+
+
+def test_fuzzy_matching_is_asked_for(tmp_path: Path, server: tuple[str, Script]) -> None:
+    url, script = server
+    script.answers = [json_answer([MATCH])]
+    result = medimg("find", "web", "--name", "dou*", "--fuzzy", config=config_for(tmp_path, url))
+    assert result.code == 0, result.stderr
+    assert "fuzzymatching=true" in script.requests[0][0]
+    assert "PatientName=dou*" in script.requests[0][0]

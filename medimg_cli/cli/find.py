@@ -18,6 +18,7 @@ from medimg_cli.cli.options import (
     require_type,
     runtime,
 )
+from medimg_cli.errors import UsageError
 from medimg_cli.output import FORMATS
 
 if TYPE_CHECKING:
@@ -83,6 +84,11 @@ def find_command(
         int | None,
         typer.Option("--limit", help="Stop after N matches (sends C-CANCEL).", show_default=False),
     ] = None,
+    fuzzy: Annotated[
+        bool,
+        typer.Option("--fuzzy", help="DICOMweb: ask for fuzzy matching of person names "
+                     "(fuzzymatching=true; the server decides what it means)."),
+    ] = False,
     fmt: FormatOpt = None,
     timeout: TimeoutOpt = None,
     calling_aet: CallingAetOpt = None,
@@ -118,6 +124,10 @@ def find_command(
         limit=limit,
     )
     started = time.perf_counter()
+    if fuzzy and profile.type != "dicomweb":
+        raise UsageError("--fuzzy is a QIDO-RS option; C-FIND has no fuzzy matching",
+                         hint="use wildcards (* ?) with --name instead")
+    query.fuzzy = fuzzy
     if profile.type == "dicomweb":
         from medimg_cli.dicomweb.client import open_client
         from medimg_cli.dicomweb.qido import qido_find

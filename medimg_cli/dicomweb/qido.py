@@ -51,6 +51,8 @@ def qido_params(query: Query, path: str) -> list[tuple[str, str]]:
     for key in query.return_keys():
         if key.keyword not in query.filters:
             params.append(("includefield", key.keyword))
+    if query.fuzzy:
+        params.append(("fuzzymatching", "true"))
     return params
 
 
