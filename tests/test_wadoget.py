@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_helpers import Result, medimg, write_config
@@ -182,6 +183,7 @@ def test_bad_wadoget_options_are_usage_errors(config: Path, tmp_path: Path,
 
 
 BOUNDARY = "wado-test-boundary"
+Serve = Callable[..., str]
 
 
 def multipart(parts: list[bytes], boundary: str = BOUNDARY) -> bytes:
@@ -193,16 +195,21 @@ def multipart(parts: list[bytes], boundary: str = BOUNDARY) -> bytes:
 
 
 @pytest.fixture
-def fault_server() -> Iterator[Callable[[bytes, str], str]]:
-    """Serve one canned body (with a Content-Type) to every GET; yields a setter -> URL."""
-    answer: dict[str, object] = {}
+def fault_server() -> Iterator[Serve]:
+    """Serve canned bodies: `serve(body, type, routes)` -> URL.
+
+    `routes` maps a path below the DICOMweb root (no query) to (body, type);
+    every other GET gets `body`. Each answer closes the connection at its end.
+    """
+    answer: dict[str, Any] = {}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = answer["body"]
-            assert isinstance(body, bytes)
+            path = self.path.split("?", 1)[0].removeprefix("/dicom-web/")
+            body, kind = answer["routes"].get(path, (answer["body"], answer["type"]))
+            answer["seen"].append(path)
             self.send_response(200)
-            self.send_header("Content-Type", str(answer["type"]))
+            self.send_header("Content-Type", kind)
             self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(body)
@@ -216,8 +223,9 @@ def fault_server() -> Iterator[Callable[[bytes, str], str]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
 
-    def serve(body: bytes, content_type: str) -> str:
-        answer["body"], answer["type"] = body, content_type
+    def serve(body: bytes, content_type: str,
+              routes: dict[str, tuple[bytes, str]] | None = None) -> str:
+        answer.update(body=body, type=content_type, routes=routes or {}, seen=[])
         return f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
 
     try:
@@ -249,7 +257,7 @@ CT = f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"'
 
 
 def test_stream_cut_mid_part_keeps_complete_parts(
-    tmp_path: Path, dicom_data: Manifest, fault_server: Callable[[bytes, str], str]
+    tmp_path: Path, dicom_data: Manifest, fault_server: Serve
 ) -> None:
     insts = three(dicom_data)
     full = multipart([i.path.read_bytes() for i in insts])
@@ -266,7 +274,7 @@ def test_stream_cut_mid_part_keeps_complete_parts(
 
 
 def test_stream_cut_in_the_first_part_is_exit_5(
-    tmp_path: Path, dicom_data: Manifest, fault_server: Callable[[bytes, str], str]
+    tmp_path: Path, dicom_data: Manifest, fault_server: Serve
 ) -> None:
     insts = three(dicom_data)
     full = multipart([i.path.read_bytes() for i in insts])
@@ -289,7 +297,7 @@ def test_stream_cut_in_the_first_part_is_exit_5(
     ],
 )
 def test_wrong_or_missing_boundary_is_exit_5(
-    tmp_path: Path, dicom_data: Manifest, fault_server: Callable[[bytes, str], str],
+    tmp_path: Path, dicom_data: Manifest, fault_server: Serve,
     content_type: str, fragment: str,
 ) -> None:
     insts = three(dicom_data)
@@ -303,7 +311,7 @@ def test_wrong_or_missing_boundary_is_exit_5(
 
 
 def test_a_part_that_is_not_dicom_is_removed(
-    tmp_path: Path, dicom_data: Manifest, fault_server: Callable[[bytes, str], str]
+    tmp_path: Path, dicom_data: Manifest, fault_server: Serve
 ) -> None:
     insts = three(dicom_data)
     url = fault_server(multipart([insts[0].path.read_bytes(), b"<html>oops</html>" * 20,
@@ -317,7 +325,7 @@ def test_a_part_that_is_not_dicom_is_removed(
 
 
 def test_hostile_values_cannot_escape_out(
-    tmp_path: Path, dicom_data: Manifest, fault_server: Callable[[bytes, str], str]
+    tmp_path: Path, dicom_data: Manifest, fault_server: Serve
 ) -> None:
     import io
     import warnings
@@ -343,3 +351,34 @@ def test_hostile_values_cannot_escape_out(
     assert files[0].relative_to(out).parts[0] == "_.._.._.._escaped"
     assert files[0].relative_to(out).parts[2] == "_tmp_abs"
     assert ".." not in files[0].relative_to(out).parts
+
+
+def test_retries_resume_a_broken_stream_instance_by_instance(
+    tmp_path: Path, dicom_data: Manifest, fault_server: Serve
+) -> None:
+    insts = three(dicom_data)
+    study = insts[0].study_uid
+    full = multipart([i.path.read_bytes() for i in insts])
+    cut = full[: full.index(insts[1].path.read_bytes()) + 300]
+    listing = json.dumps([
+        {"0020000D": {"vr": "UI", "Value": [i.study_uid]},
+         "0020000E": {"vr": "UI", "Value": [i.series_uid]},
+         "00080018": {"vr": "UI", "Value": [i.sop_instance_uid]}} for i in insts]).encode()
+    routes = {f"studies/{study}/instances": (listing, "application/dicom+json")}
+    for i in insts:
+        routes[f"studies/{study}/series/{i.series_uid}/instances/{i.sop_instance_uid}"] = (
+            multipart([i.path.read_bytes()]), CT)
+    url = fault_server(cut, CT, routes)
+    out = tmp_path / "out"
+    config = fault_config(tmp_path, url)
+    result = medimg("wadoget", "web", study, "--out", str(out), "--retries", "1",
+                    config=config)
+    assert result.code == 0, result.stderr
+    assert "stream ended inside part 2; resuming with the 2 instances not yet saved" \
+        in result.stderr
+    assert "wadoget: 3 done, 0 warnings, 0 failed" in result.stderr
+    assert_clean(out, insts)
+    # without --retries the same break is final
+    result = medimg("wadoget", "web", study, "--out", str(tmp_path / "again"), config=config)
+    assert result.code == 6, result.stderr
+    assert_clean(tmp_path / "again", insts[:1])

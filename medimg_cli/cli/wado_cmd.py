@@ -85,6 +85,12 @@ def wadoget_command(
         typer.Option("--accept", metavar="TYPE",
                      help="With --rendered: image/jpeg | image/png | image/gif."),
     ] = "image/jpeg",
+    retries: Annotated[
+        int,
+        typer.Option("--retries", metavar="N", min=0, max=20,
+                     help="When the stream breaks, list what is missing and resume instance "
+                     "by instance, up to N times."),
+    ] = 0,
     report: ReportOpt = None,
     timeout: TimeoutOpt = None,
 ) -> None:
@@ -144,6 +150,7 @@ def wadoget_command(
         transfer_syntax=check_transfer_syntax(transfer_syntax),
         frames=frame_list,
         rendered=accept if rendered else None,
+        retries=retries,
     )
     piped = not rt.stdout_is_terminal
 
@@ -158,6 +165,7 @@ def wadoget_command(
     with open_client(profile, timeout=timeout) as client, \
             progress_bar(rt, "wadoget") as progress:
         summary = retrieve(client, items, options, progress=progress, on_file=on_file,
+                           on_notice=lambda text: rt.info(f"medimg: {text}"),
                            profile=profile.name)
     _finish(rt, summary, report)
 

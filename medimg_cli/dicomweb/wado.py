@@ -62,6 +62,7 @@ class WadoOptions:
     transfer_syntax: str = "*"
     frames: list[int] | None = None  # pixel data of these frames instead of instances
     rendered: str | None = None  # the Accept type of a rendered image instead of instances
+    retries: int = 0  # after a broken stream: resume at instance level this many times
 
 
 @dataclass(frozen=True)
@@ -476,9 +477,15 @@ def retrieve(
     *,
     progress: ProgressCallback | None = None,
     on_file: Callable[[Written], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
     profile: str = "",
 ) -> TransferSummary:
-    """Retrieve `items` by WADO-RS; one ItemResult per item; faults become failed items."""
+    """Retrieve `items` by WADO-RS; one ItemResult per item; faults become failed items.
+
+    With `options.retries`, a stream that breaks is resumed: the instances the
+    item covers are listed (QIDO-RS) and those not yet written are fetched one
+    by one; each break uses up one retry. `on_notice` hears about each resume.
+    """
     from medimg_cli.dimse.retrieve import RetrieveItem
 
     summary = TransferSummary(operation="wadoget", profile=profile)
@@ -504,7 +511,11 @@ def retrieve(
             state.bytes += n
             report()
 
-        def on_written(w: Written, result: ItemResult = result) -> None:
+        written: set[str] = set()
+
+        def on_written(w: Written, result: ItemResult = result,
+                       written: set[str] = written) -> None:
+            written.add(w.sop_instance_uid)
             result.done += 1
             result.bytes += w.size
             summary.done += 1
@@ -530,7 +541,9 @@ def retrieve(
                 state.skipped += result.skipped
                 state.remaining = (state.remaining or 0) + len(missing)
                 targets = [RetrieveItem(st, se, (sop,)) for st, se, sop in missing]
-            for target in targets:
+            retries = options.retries
+            while targets:
+                target = targets.pop(0)
                 if options.frames:
                     fetch_frames(client, target, options.frames, options, out, on_written,
                                  on_bytes)
@@ -538,7 +551,21 @@ def retrieve(
                     fetch_rendered(client, target, options.rendered, options, out, on_written,
                                    on_bytes)
                 else:
-                    fetch(client, target, options, out, on_written, on_bytes, made)
+                    try:
+                        fetch(client, target, options, out, on_written, on_bytes, made)
+                    except TruncatedError as exc:
+                        if retries <= 0:
+                            raise
+                        retries -= 1
+                        done = written | (have or set())
+                        resumed = [RetrieveItem(st, se, (sop,))
+                                   for st, se, sop in list_instances(client, target)
+                                   if sop not in done]
+                        targets = resumed + targets
+                        if on_notice is not None:
+                            on_notice(f"{item_name(target)}: {exc.message}; resuming with the "
+                                      f"{len(resumed)} instances not yet saved")
+                        continue
                 if options.skip_existing and state.remaining:
                     state.remaining -= 1
             result.status = "done"
