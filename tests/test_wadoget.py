@@ -382,3 +382,56 @@ def test_retries_resume_a_broken_stream_instance_by_instance(
     result = medimg("wadoget", "web", study, "--out", str(tmp_path / "again"), config=config)
     assert result.code == 6, result.stderr
     assert_clean(tmp_path / "again", insts[:1])
+
+
+def test_ctrl_c_mid_part_leaves_no_partial_file(tmp_path: Path, dicom_data: Manifest) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    insts = three(dicom_data)
+    full = multipart([i.path.read_bytes() for i in insts])
+    first_end = full.index(insts[1].path.read_bytes()) + 200
+    release = threading.Event()
+
+    class Stalling(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", CT)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(full[:first_end])
+            self.wfile.flush()
+            release.wait(30)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "out"
+    config = fault_config(tmp_path, f"http://127.0.0.1:{server.server_address[1]}/dicom-web")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIMG_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medimg_cli", "--config", str(config), "wadoget", "web",
+         insts[0].study_uid, "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not list(out.rglob(f"*{PART_SUFFIX}")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(out.rglob(f"*{PART_SUFFIX}")), "the second part never started"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.kill()
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert len([line for line in stdout.splitlines() if line.strip()]) == 1
+    assert_clean(out, insts[:1])
