@@ -2,7 +2,8 @@
 #                run ruff, mypy and pytest (the README's test command; CI runs it)
 # make demo    - start a local Orthanc with generated studies, run echo and find on it
 # make completions - regenerate completions/ from the app
-# make bench   - benchmarks (bench/), comparing with DCMTK and pynetdicom's apps
+# make bench   - benchmarks (bench/), comparing with DCMTK and pynetdicom's apps,
+#                curl and dicomweb-client (installs the bench extra)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -37,10 +38,13 @@ completions: $(STAMP)
 	done
 
 bench: $(STAMP) peers
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/find.py
 	$(BIN)/python bench/retrieve.py
 	$(BIN)/python bench/store.py
+	$(BIN)/python bench/wado.py
+	$(BIN)/python bench/stow_rs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
