@@ -420,9 +420,14 @@ def test_ctrl_c_mid_part_leaves_no_partial_file(tmp_path: Path, dicom_data: Mani
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 30
-        while not list(out.rglob(f"*{PART_SUFFIX}")) and time.monotonic() < deadline:
+
+        def second_part_started() -> bool:
+            return (expected_path(out, insts[0]).exists()
+                    and bool(list(out.rglob(f"*{PART_SUFFIX}"))))
+
+        while not second_part_started() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert list(out.rglob(f"*{PART_SUFFIX}")), "the second part never started"
+        assert second_part_started(), "the second part never started"
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
