@@ -11,6 +11,8 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import medimg, write_config
+from cli_helpers import MEDIMG, medimg, write_config
 from dicom_data import Manifest
 from peers import LOOPBACK, Orthanc, PeerPool
 
@@ -453,3 +455,36 @@ def test_conflict_answer_trusts_its_sequences_and_fails_the_unmentioned(
     assert lines[unmentioned]["status"] == "failed"
     assert lines[unmentioned]["message"] == "STOW-RS of 3 files: HTTP 409 Conflict"
     assert len(fake.requests) == 1
+
+
+def test_memory_stays_flat_while_a_large_batch_is_sent(
+    tmp_path: Path, fake: FakeStow, dicom_data: Manifest
+) -> None:
+    """150 MB in one request: the process never holds the batch (peak RSS < 120 MB)."""
+    from pydicom import dcmread
+
+    made = []
+    for n in range(3):
+        ds = dcmread(dicom_data.paths[0])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ds.SOPInstanceUID}.9{n}"
+        ds.Rows, ds.Columns = 5000, 5000  # 50 MB of 16-bit pixels
+        ds.PixelData = bytes([n + 1]) * (5000 * 5000 * 2)
+        path = tmp_path / f"big{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        made.append(path)
+        del ds
+    config = write_config(tmp_path / "c.toml", fake.profile())
+    probe = (
+        "import resource, subprocess, sys\n"
+        "code = subprocess.run(sys.argv[1:], capture_output=True).returncode\n"
+        "print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *MEDIMG, "--config", str(config), "stow", "web",
+         "--batch-mb", "200", *map(str, made)],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    code, peak_kb = map(int, out.split())
+    assert code == 0
+    [req] = fake.requests
+    assert [data for _, data in req.parts] == [p.read_bytes() for p in made]
+    assert peak_kb < 120_000, f"peak RSS {peak_kb / 1000:.0f} MB"
