@@ -440,3 +440,26 @@ def test_ctrl_c_mid_part_leaves_no_partial_file(tmp_path: Path, dicom_data: Mani
     assert "interrupted" in stderr
     assert len([line for line in stdout.splitlines() if line.strip()]) == 1
     assert_clean(out, insts[:1])
+
+
+def test_layout_tags_beyond_the_first_64_kb(
+    tmp_path: Path, dicom_data: Manifest, fault_server: Serve
+) -> None:
+    import io
+
+    import pydicom
+
+    inst = dicom_data.instances[0]
+    ds = pydicom.dcmread(inst.path)
+    ds.add_new(0x00090010, "LO", "MEDIMG TEST")
+    ds.add_new(0x00091001, "OB", b"\x01" * 200_000)  # before PatientID (0010,0020)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    url = fault_server(multipart([buf.getvalue()]), CT)
+    out = tmp_path / "out"
+    result = medimg("wadoget", "web", inst.study_uid, "--out", str(out),
+                    config=fault_config(tmp_path, url))
+    assert result.code == 0, result.stderr
+    target = expected_path(out, inst)
+    assert target.read_bytes() == buf.getvalue()
+    assert [p for p in out.rglob("*") if p.is_file()] == [target]

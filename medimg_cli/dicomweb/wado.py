@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("medimg.wado")
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-HEAD_BYTES = 1 << 20  # how much of a part is read back for its meta and layout attributes
+HEAD_BYTES = 64 * 1024  # the start of each part kept in memory for its meta and layout tags
+MAX_HEAD_BYTES = 4 << 20  # read back from the file when the layout tags lie further in
 _PROGRESS_EVERY = 0.1  # seconds between progress callbacks
 _counter = itertools.count()
 
@@ -202,18 +203,19 @@ class _PartFile:
         self.index = index
         self.headers = headers or {}
         self.size = 0
+        self.head = bytearray()
         self.fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/discard
 
     def write(self, data: bytes) -> None:
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
         self.fh.write(data)
         self.size += len(data)
 
     def finish(self, out: Path, layout: Layout, made: set[Path]) -> Written:
         self.fh.close()
-        with open(self.tmp, "rb") as fh:
-            head = fh.read(HEAD_BYTES)
         try:
-            values = layout_values(head, layout)
+            values = self._layout_values(layout)
         except Exception as exc:
             raise NotDicomError(f"part {self.index + 1} is not a DICOM file ({exc})") from None
         target = inside(out, layout.relative_path(values))
@@ -223,6 +225,18 @@ class _PartFile:
         os.replace(self.tmp, target)
         return Written(target, values["SOPInstanceUID"], values.get("StudyInstanceUID", ""),
                        self.size)
+
+    def _layout_values(self, layout: Layout) -> dict[str, str]:
+        head_only = self.size <= len(self.head)
+        try:
+            values = layout_values(bytes(self.head), layout)
+            if head_only or all(f in values for f in layout.fields):
+                return values
+        except Exception:
+            if head_only:
+                raise
+        with open(self.tmp, "rb") as fh:  # a long header: read further in
+            return layout_values(fh.read(MAX_HEAD_BYTES), layout)
 
     def finish_at(self, target: Path, values: dict[str, str]) -> Written:
         """Complete a non-DICOM part (a frame, a rendered image) at a path given in advance."""
