@@ -488,3 +488,33 @@ def test_memory_stays_flat_while_a_large_batch_is_sent(
     [req] = fake.requests
     assert [data for _, data in req.parts] == [p.read_bytes() for p in made]
     assert peak_kb < 120_000, f"peak RSS {peak_kb / 1000:.0f} MB"
+
+
+def test_server_not_listening_is_exit_3(tmp_path: Path, dicom_data: Manifest) -> None:
+    from peers import free_port
+
+    url = f"http://{LOOPBACK}:{free_port()}/dicom-web"
+    config = write_config(tmp_path / "c.toml",
+                          f'[profiles.web]\ntype = "dicomweb"\nurl = "{url}"\nauth = "none"\n')
+    result = medimg("stow", "web", str(dicom_data.paths[0]), config=config)
+    assert result.code == 3, result.stderr
+    assert "cannot connect" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_file_that_shrinks_while_sent_fails_its_batch(
+    tmp_path: Path, fake: FakeStow, dicom_data: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medimg_cli.config import Profile
+    from medimg_cli.dicomweb import stow as stow_rs
+    from medimg_cli.dicomweb.client import open_client
+
+    path = tmp_path / "a.dcm"
+    shutil.copyfile(dicom_data.paths[0], path)
+    f = read_file_meta(path)
+    path.write_bytes(path.read_bytes()[:-10])  # after its meta was read and checked
+    monkeypatch.setattr(stow_rs, "check_file", lambda f: None)
+    profile = Profile("web", "dicomweb", {"url": fake.url, "auth": "none"})
+    with open_client(profile) as client:
+        [result] = stow_rs.post_batch(client, [f])
+    assert result.status == "failed"
+    assert result.message == f"not sent: {path} changed while it was being sent"
