@@ -10,10 +10,15 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the test suite's peers and data generators
+if TYPE_CHECKING:
+    from dicom_data import Manifest
+
 BIN = Path(sys.executable).parent
 MEDIMG = str(BIN / "medimg")
 
@@ -75,3 +80,24 @@ def report(title: str, runs: Sequence[Runs], baseline: str) -> None:
     print(f"{'command':<34} {'wall s':>8} {'ratio':>7} {'peak RSS MiB':>13}")
     for r in runs:
         print(f"{r.name:<34} {r.wall:>8.3f} {r.wall / base.wall:>6.2f}x {r.peak:>13.1f}")
+
+
+@dataclass
+class DataSet:
+    """A generated one-study data set a benchmark retrieves."""
+
+    name: str
+    title: str
+    manifest: Manifest
+
+    @property
+    def study_uid(self) -> str:
+        return str(self.manifest.studies[0].study_uid)
+
+    @property
+    def count(self) -> int:
+        return len(self.manifest.instances)
+
+    @cached_property
+    def dataset_bytes(self) -> int:
+        return sum(i.path.stat().st_size for i in self.manifest.instances)

@@ -31,8 +31,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import MEDIMG, Runs, run_once
-from dicom_data import Manifest, generate_one_study
+from common import MEDIMG, DataSet, Runs, run_once
+from dicom_data import generate_one_study
 from peers import Orthanc, free_port
 
 ENV = {"TCP_NODELAY": "1"}
@@ -43,25 +43,6 @@ ONE_ASSOC_VS_DCMTK = {"small": 3.0, "large": 1.5}
 PARALLEL_VS_DCMTK_SMALL = 2.0
 PYNETDICOM_OVER_MEDIMG = 2.5
 PEAK_RSS_MIB = 150.0
-
-
-@dataclass
-class DataSet:
-    name: str
-    title: str
-    manifest: Manifest
-
-    @property
-    def study_uid(self) -> str:
-        return str(self.manifest.studies[0].study_uid)
-
-    @property
-    def count(self) -> int:
-        return len(self.manifest.instances)
-
-    @property
-    def dataset_bytes(self) -> int:
-        return sum(i.path.stat().st_size for i in self.manifest.instances)
 
 
 @dataclass

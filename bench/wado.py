@@ -33,11 +33,10 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
-from common import MEDIMG, Runs, run_once
-from dicom_data import Manifest, generate_one_study
+from common import MEDIMG, DataSet, Runs, run_once
+from dicom_data import generate_one_study
 from peers import Orthanc
 
 ENV = {"TCP_NODELAY": "1", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
@@ -62,25 +61,6 @@ for ds in datasets:
     ds.save_as(out / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
 print(len(datasets))
 '''
-
-
-@dataclass
-class DataSet:
-    name: str
-    title: str
-    manifest: Manifest
-
-    @property
-    def study_uid(self) -> str:
-        return str(self.manifest.studies[0].study_uid)
-
-    @property
-    def count(self) -> int:
-        return len(self.manifest.instances)
-
-    @cached_property
-    def dataset_bytes(self) -> int:
-        return sum(i.path.stat().st_size for i in self.manifest.instances)
 
 
 @dataclass
