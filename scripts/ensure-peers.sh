@@ -5,6 +5,7 @@
 set -euo pipefail
 missing=()
 command -v dcmqrscp >/dev/null 2>&1 || missing+=(dcmtk)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # TLS test certificates
 [ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
 [ ${#missing[@]} -eq 0 ] && exit 0
