@@ -463,3 +463,25 @@ def test_layout_tags_beyond_the_first_64_kb(
     target = expected_path(out, inst)
     assert target.read_bytes() == buf.getvalue()
     assert [p for p in out.rglob("*") if p.is_file()] == [target]
+
+
+def test_get_with_a_dicomweb_profile_gives_the_same_tree_as_with_a_dimse_one(
+    tmp_path: Path, orthanc: Any, dicom_data: Any, medimg_receive_port: int
+) -> None:
+    """A nightly job changes only the profile name to go from C-GET to WADO-RS."""
+    config = write_config(tmp_path / "c.toml", orthanc.profile_toml("pacs"),
+                          orthanc.dicomweb_profile_toml("web"))
+    study = max(dicom_data.studies, key=lambda s: len(dicom_data.instances_of_study(s.study_uid)))
+    trees = {}
+    for name in ("pacs", "web"):
+        out = tmp_path / name
+        result = medimg("get", name, study.study_uid, "--out", str(out), "--report",
+                        str(tmp_path / f"{name}.json"), config=config)
+        assert result.code == 0, result.stderr
+        assert f"get: {len(dicom_data.instances_of_study(study.study_uid))} done" in (
+            result.stderr)
+        trees[name] = sorted(str(p.relative_to(out)) for p in out.rglob("*.dcm"))
+        assert len(result.jsonl()) == len(trees[name])
+    assert trees["web"] == trees["pacs"] and trees["web"]
+    refused = medimg("move", "web", study.study_uid, config=config)
+    assert refused.code == 2 and "get, wadoget" in refused.stderr

@@ -90,7 +90,7 @@ def require_type(profile: Profile, command: str, allowed: tuple[str, ...]) -> No
         return
     fits = {
         "dimse": "echo, find, move, get, stow",
-        "dicomweb": "echo, find, wadoget, stow",
+        "dicomweb": "echo, find, get, wadoget, stow",
         "fhir": "echo, fhir patient, fhir studies, fhir report, login",
     }[profile.type]
     raise UsageError(

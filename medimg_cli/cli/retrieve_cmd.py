@@ -126,8 +126,20 @@ def _run(
     from medimg_cli.storage import DEFAULT_LAYOUT, Layout
 
     profile = rt.profile(profile_name)
-    require_type(profile, kind, ("dimse",))
+    require_type(profile, kind, ("dimse", "dicomweb") if kind == "get" else ("dimse",))
     items = read_items(uids, uids_from)
+    if profile.type == "dicomweb":
+        # The same retrieval over WADO-RS, so that a nightly job needs only the
+        # profile name changed.
+        from medimg_cli.cli.wado_cmd import retrieve_to_disk
+
+        if parallel > 1 or calling_aet or called_aet:
+            raise UsageError("--parallel, --aet and --aec are DIMSE options",
+                             hint=f"'{profile.name}' is a dicomweb profile")
+        retrieve_to_disk(rt, profile, items, out=out, layout=layout,
+                         skip_existing=skip_existing, report=report, timeout=timeout,
+                         operation=kind)
+        return
     target = dimse_target(profile, calling_aet=calling_aet, called_aet=called_aet,
                           timeout=timeout)
     if dest is not None:

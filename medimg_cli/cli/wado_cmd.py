@@ -19,6 +19,7 @@ from medimg_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from medimg_cli.cli.runtime import Runtime
+    from medimg_cli.config import Profile
     from medimg_cli.dimse.retrieve import RetrieveItem
     from medimg_cli.transfer import TransferSummary
 
@@ -98,16 +99,9 @@ def wadoget_command(
     import json
     from pathlib import Path
 
-    from medimg_cli.cli.progress import progress_bar
     from medimg_cli.dicomweb.client import open_client
-    from medimg_cli.dicomweb.wado import (
-        WadoOptions,
-        Written,
-        check_transfer_syntax,
-        parse_frames,
-        retrieve,
-    )
-    from medimg_cli.storage import DEFAULT_LAYOUT, Layout, write_atomic
+    from medimg_cli.dicomweb.wado import parse_frames
+    from medimg_cli.storage import write_atomic
 
     rt = runtime(ctx)
     profile = rt.profile(profile_name)
@@ -143,13 +137,45 @@ def wadoget_command(
             rt.stdout.write(text)
             rt.stdout.flush()
         return
+    retrieve_to_disk(
+        rt, profile, items, out=out, layout=layout, skip_existing=skip_existing,
+        transfer_syntax=transfer_syntax, frames=frame_list,
+        rendered=accept if rendered else None, retries=retries, report=report, timeout=timeout,
+    )
+
+
+def retrieve_to_disk(
+    rt: Runtime,
+    profile: Profile,
+    items: list[RetrieveItem],
+    *,
+    out: str | None,
+    layout: str | None,
+    skip_existing: bool,
+    report: str | None,
+    timeout: float | None,
+    transfer_syntax: str = "*",
+    frames: list[int] | None = None,
+    rendered: str | None = None,
+    retries: int = 0,
+    operation: str = "wadoget",
+) -> None:
+    """WADO-RS retrieval to --out: `wadoget`, and `get` with a dicomweb profile."""
+    import json
+    from pathlib import Path
+
+    from medimg_cli.cli.progress import progress_bar
+    from medimg_cli.dicomweb.client import open_client
+    from medimg_cli.dicomweb.wado import WadoOptions, Written, check_transfer_syntax, retrieve
+    from medimg_cli.storage import DEFAULT_LAYOUT, Layout
+
     options = WadoOptions(
         out=Path(out or profile.output_dir).expanduser(),
         layout=Layout(layout or DEFAULT_LAYOUT),
         skip_existing=skip_existing,
         transfer_syntax=check_transfer_syntax(transfer_syntax),
-        frames=frame_list,
-        rendered=accept if rendered else None,
+        frames=frames,
+        rendered=rendered,
         retries=retries,
     )
     piped = not rt.stdout_is_terminal
@@ -163,10 +189,11 @@ def wadoget_command(
 
     # Each part's .part file is removed by wado.fetch itself on any fault or Ctrl-C.
     with open_client(profile, timeout=timeout) as client, \
-            progress_bar(rt, "wadoget") as progress:
+            progress_bar(rt, operation) as progress:
         summary = retrieve(client, items, options, progress=progress, on_file=on_file,
                            on_notice=lambda text: rt.info(f"medimg: {text}"),
                            profile=profile.name)
+    summary.operation = operation
     _finish(rt, summary, report)
 
 
