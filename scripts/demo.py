@@ -1,8 +1,9 @@
 """A short tour of medimg against a local PACS (`make demo`).
 
-Starts Orthanc (Debian package `orthanc`) on free loopback ports with a few
-generated studies, writes a profile for it, runs medimg's main commands on it
-and stops it again. Until `medimg sandbox` exists, this is the quick start.
+Starts Orthanc (Debian packages `orthanc`, `orthanc-dicomweb`) on free
+loopback ports with a few generated studies, writes a DIMSE and a DICOMweb
+profile for it, runs medimg's main commands on it and stops it again. Until
+`medimg sandbox` exists, this is the quick start.
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="medimg-demo-") as tmp:
         work = Path(tmp)
         manifest = generate(work / "data")
-        orthanc = Orthanc.start(work / "orthanc", dicomweb=False, check_called_aet=True)
+        orthanc = Orthanc.start(work / "orthanc", check_called_aet=True)
         try:
             orthanc.load(manifest.paths)
             config = work / "config.toml"
-            config.write_text(orthanc.profile_toml("demo-pacs"))
+            config.write_text(orthanc.profile_toml("demo-pacs") + "\n"
+                              + orthanc.dicomweb_profile_toml("demo-web"))
             print(f"Orthanc is serving {len(manifest.studies)} studies as "
                   f"{orthanc.aet}@127.0.0.1:{orthanc.port}; profile 'demo-pacs' in {config}")
             step("Which profiles are there?", "profiles", config=config)
@@ -57,6 +59,15 @@ def main() -> int:
             step("Series of one patient, as UID lines for move/get",
                  "find", "demo-pacs", "--level", "series", "--patient-id", "PAT004",
                  "--format", "uids", config=config)
+            study = manifest.studies[0].study_uid
+            step("Retrieve a study by C-GET (no inbound port needed)",
+                 "get", "demo-pacs", study, "--out", str(work / "got"), config=config)
+            step("The same study by WADO-RS: only the profile name changes",
+                 "get", "demo-web", study, "--out", str(work / "web"), config=config)
+            step("Its QIDO-RS answer is the same as C-FIND's",
+                 "find", "demo-web", "--study-uid", study, "--format", "jsonl", config=config)
+            step("Send the retrieved files back (C-STORE)",
+                 "stow", "demo-pacs", str(work / "got"), config=config)
             step("A wrong AE title is diagnosed (exit 4 expected)",
                  "echo", "demo-pacs", "--aec", "NOT_ORTHANC", config=config)
         finally:
