@@ -246,3 +246,20 @@ def test_connect_timeout(tmp_path: Path, full_backlog: int) -> None:
     assert result.code == 3, result.stderr
     assert f"no answer from 127.0.0.1:{full_backlog} within 1 s (connect timed out)" in (
         result.stderr)
+
+
+def test_echo_timing_names_every_phase(config: Path) -> None:
+    result = medimg("echo", "pacs", "--timing", "--count", "2", "--interval", "0",
+                    config=config)
+    assert result.code == 0, result.stderr
+    lines = result.jsonl()
+    assert [line["seq"] for line in lines[:2]] == [1, 2]
+    timing = lines[2]["timing_ms"]
+    assert set(timing) == {"dns", "tcp_connect", "associate", "c_echo", "release"}
+    assert all(v >= 0 for v in timing.values())
+    assert timing["associate"] > 0 and timing["c_echo"] > 0 and timing["release"] > 0
+    import json
+
+    doc = json.loads(medimg("echo", "pacs", "--timing", "--format", "json",
+                            config=config).stdout)
+    assert set(doc["association"]["timing"]) == {"dns", "connect", "associate", "release"}

@@ -34,6 +34,11 @@ def echo_command(
     timeout: TimeoutOpt = None,
     calling_aet: CallingAetOpt = None,
     called_aet: CalledAetOpt = None,
+    timing: Annotated[
+        bool,
+        typer.Option("--timing", help="Time each phase: DNS, TCP connect, A-ASSOCIATE "
+                     "round trip, C-ECHO round trips, release."),
+    ] = False,
     fmt: FormatOpt = None,
 ) -> None:
     """Check that a peer answers: C-ECHO for a DIMSE profile.
@@ -89,6 +94,8 @@ def echo_command(
             },
             rt.stdout,
         )
+    if timing and reports and fmt != "json":  # json: in the association report
+        _show_timing(rt, fmt, reports[0].timing, times)
     if count > 1:
         rt.info(
             f"{len(results)} C-ECHOs to {peer}: round trip min/avg/max = "
@@ -123,3 +130,26 @@ def _http_echo(rt: Runtime, profile: Profile, count: int, interval: float,
     if fmt == "json":
         rt.stdout.write(json.dumps({"profile": profile.name, "url": url, "echoes": results},
                                    indent=2) + "\n")
+
+
+def _show_timing(rt: Runtime, fmt: str, phases: dict[str, float], echoes_ms: list[float]) -> None:
+    """`--timing`: where an association's time goes, in ms."""
+    import json
+
+    rows = {
+        "dns": phases.get("dns", 0.0) * 1000,
+        "tcp_connect": phases.get("connect", 0.0) * 1000,
+        "associate": phases.get("associate", 0.0) * 1000,
+        "c_echo": sum(echoes_ms) / len(echoes_ms) if echoes_ms else 0.0,
+        "release": phases.get("release", 0.0) * 1000,
+    }
+    if fmt == "table":
+        labels = {"dns": "DNS lookup", "tcp_connect": "TCP connect",
+                  "associate": "A-ASSOCIATE round trip", "c_echo": "C-ECHO round trip (avg)",
+                  "release": "A-RELEASE round trip"}
+        for key, ms in rows.items():
+            rt.stdout.write(f"{labels[key]:<26} {ms:9.2f} ms\n")
+    else:
+        rt.stdout.write(json.dumps({"timing_ms": {k: round(v, 3) for k, v in rows.items()}})
+                        + "\n")
+    rt.stdout.flush()

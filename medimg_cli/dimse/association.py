@@ -64,9 +64,12 @@ class AssociationReport:
     peer_implementation_version: str = ""
     contexts: list[ContextResult] = field(default_factory=list)
     seconds: float = 0.0
+    # Seconds per phase: dns, connect, associate (A-ASSOCIATE round trip), release.
+    timing: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "timing": {k: round(v, 6) for k, v in self.timing.items()},
             "peer_ae": self.peer_ae,
             "peer_max_pdu": self.peer_max_pdu,
             "peer_implementation_class_uid": self.peer_implementation_uid,
@@ -129,8 +132,13 @@ class _DiagnosedSocket(socket.socket):
     medimg_assoc: Any = None
 
     def connect(self, address: Any) -> None:
+        import time
+
+        started = time.perf_counter()
         try:
             super().connect(address)
+            if self.medimg_assoc is not None:
+                self.medimg_assoc.medimg_connect_seconds = time.perf_counter() - started
         except OSError as exc:
             if self.medimg_assoc is not None:
                 self.medimg_assoc.medimg_connect_error = exc
@@ -280,7 +288,9 @@ def open_association(
     from pynetdicom import AE, evt
 
     tune()
+    resolving = time.perf_counter()
     address = resolve(target)
+    dns = time.perf_counter() - resolving
     ae = AE(ae_title=target.calling_aet)
     ae.acse_timeout = target.timeout
     ae.dimse_timeout = target.timeout
@@ -307,8 +317,11 @@ def open_association(
     elapsed = time.perf_counter() - started
     if not assoc.is_established:
         raise _association_failure(assoc, target, received)
+    connect = float(getattr(assoc, "medimg_connect_seconds", 0.0))
+    this_report = make_report(assoc, elapsed)
+    this_report.timing = {"dns": dns, "connect": connect, "associate": elapsed - connect}
     if report is not None:
-        report.append(make_report(assoc, elapsed))
+        report.append(this_report)
     if idle_timeout:
         assoc.dimse_timeout = POLL_SECONDS
     try:
@@ -319,7 +332,9 @@ def open_association(
         raise
     else:
         if assoc.is_established:
+            releasing = time.perf_counter()
             assoc.release()
+            this_report.timing["release"] = time.perf_counter() - releasing
 
 
 def _association_failure(
