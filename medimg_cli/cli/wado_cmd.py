@@ -219,4 +219,4 @@ def _finish(rt: Runtime, summary: TransferSummary, report: str | None) -> None:
     if report:
         hint += f"; see {report}"
     error = PartialError if saved else RemoteError
-    raise error(f"wadoget: {failures[0]}{more}; {saved} instances saved", hint=hint)
+    raise error(f"{summary.operation}: {failures[0]}{more}; {saved} instances saved", hint=hint)
