@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -101,3 +102,31 @@ class DataSet:
     @cached_property
     def dataset_bytes(self) -> int:
         return sum(i.path.stat().st_size for i in self.manifest.instances)
+
+
+@dataclass
+class OutputRuns(Runs):
+    """A command and the directory it writes into (emptied before each run)."""
+
+    out: Path = Path()
+
+
+def fresh(out: Path) -> None:
+    """An empty output directory."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+
+
+def measure_fresh(benches: Sequence[OutputRuns], label: str, repeat: int,
+                  check: Callable[[OutputRuns], None], env: dict[str, str]) -> None:
+    """Like `measure`, but each run starts in an empty directory and `check` verifies it."""
+    for i in range(repeat):
+        for b in benches:
+            fresh(b.out)
+            wall, rss = run_once(b.argv, env)
+            check(b)
+            b.walls.append(wall)
+            b.rss.append(rss)
+            print(f"  [{label} {i + 1}/{repeat}] {b.name:<34} {wall:7.3f} s {rss:7.1f} MiB",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(b.out, ignore_errors=True)

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import MEDIMG, DataSet, Runs, run_once
+from common import MEDIMG, DataSet, OutputRuns, measure_fresh
 from dicom_data import generate_one_study
 from peers import Orthanc, free_port
 
@@ -46,10 +45,7 @@ PEAK_RSS_MIB = 150.0
 
 
 @dataclass
-class Bench(Runs):
-    """A command and the directory it writes into (emptied before each run)."""
-
-    out: Path = Path()
+class Bench(OutputRuns):
     kind: str = ""  # "move" | "get"
     tool: str = ""  # "dcmtk" | "medimg" | "medimg-parallel" | "pynetdicom"
 
@@ -104,10 +100,6 @@ def commands(ds: DataSet, orthanc: Orthanc, config: Path, port: int, work: Path,
     return benches
 
 
-def fresh(out: Path) -> None:
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-
 
 def check_output(b: Bench, ds: DataSet) -> None:
     files = [p for p in b.out.rglob("*") if p.is_file()]
@@ -123,19 +115,6 @@ def check_output(b: Bench, ds: DataSet) -> None:
         )
 
 
-def measure_fresh(benches: list[Bench], ds: DataSet, repeat: int) -> None:
-    """Like common.measure, but each run starts with an empty output directory and is checked."""
-    for i in range(repeat):
-        for b in benches:
-            fresh(b.out)
-            wall, rss = run_once(b.argv, ENV)
-            check_output(b, ds)
-            b.walls.append(wall)
-            b.rss.append(rss)
-            print(f"  [{ds.name} {i + 1}/{repeat}] {b.name:<34} {wall:7.3f} s "
-                  f"{rss:6.1f} MiB", file=sys.stderr, flush=True)
-        for b in benches:
-            shutil.rmtree(b.out, ignore_errors=True)
 
 
 def report_kind(ds: DataSet, kind: str, benches: list[Bench]) -> list[str]:
@@ -219,7 +198,8 @@ def main() -> None:
                       "into Orthanc ...", file=sys.stderr, flush=True)
                 orthanc.load(ds.manifest.paths)
                 benches = commands(ds, orthanc, config, port, work, parallel)
-                measure_fresh(benches, ds, args.repeat)
+                measure_fresh(benches, ds.name, args.repeat,
+                              lambda b, ds=ds: check_output(b, ds), ENV)
                 results.append((ds, benches))
         finally:
             orthanc.stop()

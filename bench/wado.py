@@ -29,13 +29,12 @@ Needs dicomweb-client (`pip install -e '.[bench]'`).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import MEDIMG, DataSet, Runs, run_once
+from common import MEDIMG, DataSet, OutputRuns, measure_fresh
 from dicom_data import generate_one_study
 from peers import Orthanc
 
@@ -64,8 +63,7 @@ print(len(datasets))
 
 
 @dataclass
-class Bench(Runs):
-    out: Path = Path()
+class Bench(OutputRuns):
     tool: str = ""  # "curl" | "medimg" | "dicomweb-client"
 
 
@@ -88,10 +86,6 @@ def commands(ds: DataSet, orthanc: Orthanc, config: Path, script: Path, work: Pa
               out=base / "dwc", tool="dicomweb-client"),
     ]
 
-
-def fresh(out: Path) -> None:
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
 
 
 def count_parts(path: Path) -> int:
@@ -126,17 +120,6 @@ def check_output(b: Bench, ds: DataSet) -> None:
             f"instances / ~{ds.dataset_bytes} bytes\ncommand: {' '.join(b.argv)}")
 
 
-def measure_fresh(benches: list[Bench], ds: DataSet, repeat: int) -> None:
-    for i in range(repeat):
-        for b in benches:
-            fresh(b.out)
-            wall, rss = run_once(b.argv, ENV)
-            check_output(b, ds)
-            b.walls.append(wall)
-            b.rss.append(rss)
-            print(f"  [{ds.name} {i + 1}/{repeat}] {b.name:<32} {wall:7.3f} s "
-                  f"{rss:7.1f} MiB", file=sys.stderr, flush=True)
-            shutil.rmtree(b.out, ignore_errors=True)
 
 
 def report_set(ds: DataSet, benches: list[Bench]) -> list[str]:
@@ -195,7 +178,8 @@ def main() -> None:
                 orthanc.load(ds.manifest.paths)
             for ds in sets:
                 benches = commands(ds, orthanc, config, script, work)
-                measure_fresh(benches, ds, args.repeat)
+                measure_fresh(benches, ds.name, args.repeat,
+                              lambda b, ds=ds: check_output(b, ds), ENV)
                 results.append((ds, benches))
         finally:
             orthanc.stop()
