@@ -168,6 +168,14 @@ def _env_name(value: Any) -> str:
     return value
 
 
+def _tls_version(value: Any) -> str:
+    # `tls_min_version = 1.2` (a TOML number) is as likely as "1.2".
+    text = f"{value:.1f}" if isinstance(value, float) else value
+    if text not in ("1.2", "1.3"):
+        raise ValueError('a TLS version: "1.2" or "1.3"')
+    return str(text)
+
+
 def _scopes(value: Any) -> str:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return " ".join(value)
@@ -236,6 +244,8 @@ _PROFILE_KEYS: dict[str, dict[str, Validator]] = {
         "max_pdu": _pdu,
         "tls": _bool,
         "tls_verify": _bool,
+        "tls_min_version": _tls_version,
+        "receive_tls": _bool,
         **_TLS_KEYS,
     },
     "dicomweb": {**_COMMON_KEYS, **_HTTP_KEYS, "output_dir": _nonempty},

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from medimg_cli.cli.runtime import Runtime
     from medimg_cli.config import Profile
     from medimg_cli.dimse.association import AssociationReport, Target
+    from medimg_cli.dimse.tls import TlsSettings
 
 
 def dimse_target(
@@ -40,6 +41,21 @@ def dimse_target(
         calling_aet=aet(calling_aet, "--aet", profile.calling_aet),
         timeout=timeout if timeout is not None else profile.timeout,
         max_pdu=int(profile.get("max_pdu", 0)),
+        profile=profile.name,
+        tls=tls_settings(profile) if profile.get("tls", False) else None,
+    )
+
+
+def tls_settings(profile: Profile) -> TlsSettings:
+    """The profile's TLS keys (for `tls = true`, and for `receive_tls = true`)."""
+    from medimg_cli.dimse.tls import TlsSettings
+
+    return TlsSettings(
+        ca_file=profile.get("ca_file"),
+        cert_file=profile.get("cert_file"),
+        key_file=profile.get("key_file"),
+        verify=bool(profile.get("tls_verify", True)),
+        min_version=profile.get("tls_min_version"),
         profile=profile.name,
     )
 

@@ -39,9 +39,32 @@ def echo_command(
         typer.Option("--timing", help="Time each phase: DNS, TCP connect, A-ASSOCIATE "
                      "round trip, C-ECHO round trips, release."),
     ] = False,
+    probe: Annotated[
+        bool,
+        typer.Option("--probe", help="Propose the common storage SOP classes and Q/R models, "
+                     "one context per transfer syntax, and print what the peer accepts "
+                     "(matrix, max PDU, implementation, C-GET role selection)."),
+    ] = False,
+    move_check: Annotated[
+        bool,
+        typer.Option("--move-check", help="Move pre-flight: can our receive port be bound, "
+                     "does the PACS know our AE as a move destination, does one instance "
+                     "arrive; the common causes of images that never arrive, explained."),
+    ] = False,
+    receive_port: Annotated[
+        int | None,
+        typer.Option("--port", min=0, max=65535, metavar="PORT",
+                     help="With --move-check: our receive port (default: receive_port).",
+                     show_default=False),
+    ] = None,
+    sample: Annotated[
+        bool,
+        typer.Option("--sample/--no-sample", help="With --move-check: move one instance "
+                     "found by C-FIND to our receiver (received and discarded)."),
+    ] = True,
     fmt: FormatOpt = None,
 ) -> None:
-    """Check that a peer answers: C-ECHO for a DIMSE profile.
+    """Check that a peer answers: C-ECHO for a DIMSE profile, GET metadata for FHIR.
 
     Prints each round trip; -v adds the association report (accepted
     contexts, the peer's max PDU, implementation class UID and version).
@@ -52,14 +75,25 @@ def echo_command(
 
     rt = runtime(ctx)
     profile = rt.profile(profile_name)
-    require_type(profile, "echo", ("dimse", "dicomweb"))
+    require_type(profile, "echo", ("dimse", "dicomweb", "fhir"))
     fmt = check_format(fmt, rt, ("table", "json", "jsonl"))
+    if profile.type == "fhir":
+        from medimg_cli.cli.fhir_cmd import fhir_echo
+
+        fhir_echo(rt, profile, count, interval, timeout, fmt)
+        return
     if profile.type == "dicomweb":
         _http_echo(rt, profile, count, interval, timeout, fmt)
         return
     target = dimse_target(profile, calling_aet=calling_aet, called_aet=called_aet,
                           timeout=timeout)
     peer = f"{target.called_aet}@{target.host}:{target.port}"
+    if probe or move_check:
+        from medimg_cli.cli.probe_view import run_diagnosis
+
+        run_diagnosis(rt, profile, target, fmt, probe=probe, move_check=move_check,
+                      receive_port=receive_port, sample=sample)
+        return
     reports: list[AssociationReport] = []
 
     def show(result: EchoResult) -> None:
@@ -139,12 +173,14 @@ def _show_timing(rt: Runtime, fmt: str, phases: dict[str, float], echoes_ms: lis
     rows = {
         "dns": phases.get("dns", 0.0) * 1000,
         "tcp_connect": phases.get("connect", 0.0) * 1000,
+        **({"tls_handshake": phases["tls_handshake"] * 1000} if "tls_handshake" in phases else {}),
         "associate": phases.get("associate", 0.0) * 1000,
         "c_echo": sum(echoes_ms) / len(echoes_ms) if echoes_ms else 0.0,
         "release": phases.get("release", 0.0) * 1000,
     }
     if fmt == "table":
         labels = {"dns": "DNS lookup", "tcp_connect": "TCP connect",
+                  "tls_handshake": "TLS handshake",
                   "associate": "A-ASSOCIATE round trip", "c_echo": "C-ECHO round trip (avg)",
                   "release": "A-RELEASE round trip"}
         for key, ms in rows.items():

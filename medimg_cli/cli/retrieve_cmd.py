@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from medimg_cli.cli.dimse_common import dimse_target
+from medimg_cli.cli.dimse_common import dimse_target, tls_settings
 from medimg_cli.cli.options import (
     CalledAetOpt,
     CallingAetOpt,
@@ -158,6 +158,7 @@ def _run(
         dest=dest,
         receive_aet=target.calling_aet,
         receive_port=port if port is not None else profile.receive_port,
+        receive_tls=tls_settings(profile) if profile.get("receive_tls", False) else None,
     )
     piped = not rt.stdout_is_terminal
 

@@ -21,9 +21,12 @@ from medimg_cli.errors import ConnectError, RefusedError
 if TYPE_CHECKING:
     from pynetdicom.association import Association
 
+    from medimg_cli.dimse.tls import TlsSettings
+
 log = logging.getLogger("medimg.dimse")
 
 POLL_SECONDS = 0.5
+TLS_HANDSHAKE_SECONDS = 30.0  # for a peer connecting to our TLS receiver
 # Receivers bind with SO_REUSEPORT, so that parallel workers share one port.
 REUSE_PORT = False
 _tuned = False
@@ -41,6 +44,7 @@ class Target:
     timeout: float = 30.0
     max_pdu: int = 0
     profile: str = "?"
+    tls: TlsSettings | None = None  # DICOM TLS (profile key tls = true)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,8 @@ def tune() -> None:
             original_server_bind(self)
 
         def get_request(self: AssociationServer) -> tuple[socket.socket, tuple[str, int]]:
+            if self.ssl_context is not None:
+                return _tls_request(self)
             client, address = original_get_request(self)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return client, address
@@ -124,6 +130,24 @@ def tune() -> None:
 
         fastpath.install()
         _tuned = True
+
+
+def _tls_request(server: Any) -> tuple[socket.socket, tuple[str, int]]:
+    """Accept a connection to a TLS receiver: the handshake is bounded in time (it runs
+    in the server's accept loop) and a failed one is logged, as the peer cannot say why
+    its images never arrived."""
+    sock, address = server.socket.accept()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(TLS_HANDSHAKE_SECONDS)
+    try:
+        client = server.ssl_context.wrap_socket(sock, server_side=True)
+    except OSError as exc:
+        log.warning("TLS handshake with %s:%s failed on our receiver: %s", address[0],
+                    address[1], getattr(exc, "reason", None) or exc)
+        sock.close()
+        raise
+    client.settimeout(server.socket.gettimeout())
+    return client, address
 
 
 class _DiagnosedSocket(socket.socket):
@@ -143,6 +167,37 @@ class _DiagnosedSocket(socket.socket):
             if self.medimg_assoc is not None:
                 self.medimg_assoc.medimg_connect_error = exc
             raise
+
+    # The first read tells the diagnosis what the peer answered first: a TLS record
+    # (the port expects TLS) or a reset before any byte (what DCMTK's TLS ports do to
+    # a plain request): `medimg_first_bytes` is then those bytes, or b"". Later reads
+    # go straight through.
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if self.medimg_assoc is None:
+            return super().recv(bufsize, flags)
+        try:
+            data = super().recv(bufsize, flags)
+        except ConnectionResetError:
+            self._first_read(b"", reset=True)
+            raise
+        self._first_read(data[:8])
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        if self.medimg_assoc is None:
+            return super().recv_into(buffer, nbytes, flags)
+        try:
+            count = super().recv_into(buffer, nbytes, flags)
+        except ConnectionResetError:
+            self._first_read(b"", reset=True)
+            raise
+        self._first_read(bytes(memoryview(buffer)[: min(count, 8)]))
+        return count
+
+    def _first_read(self, data: bytes, *, reset: bool = False) -> None:
+        if self.medimg_assoc is not None and (data or reset):
+            self.medimg_assoc.medimg_first_bytes = data
+        self.medimg_assoc = None
 
 
 def resolve(target: Target) -> str:
@@ -299,6 +354,11 @@ def open_association(
     ae.maximum_pdu_size = target.max_pdu
     for abstract, syntaxes in contexts:
         ae.add_requested_context(abstract, list(syntaxes))
+    tls_args: tuple[Any, str] | None = None
+    if target.tls is not None:
+        from medimg_cli.dimse.tls import client_context
+
+        tls_args = (client_context(target.tls), target.host)
 
     received: list[Any] = []
 
@@ -313,13 +373,33 @@ def open_association(
         max_pdu=target.max_pdu,
         ext_neg=list(ext_neg) or None,
         evt_handlers=[(evt.EVT_ACSE_RECV, on_acse), *handlers],
+        tls_args=tls_args,
     )
     elapsed = time.perf_counter() - started
     if not assoc.is_established:
+        if tls_args is not None:
+            _tls_failure(assoc, target, tls_args[0])
+        else:
+            from medimg_cli.dimse.tls import looks_like_tls, plain_to_tls_error
+
+            first = getattr(assoc, "medimg_first_bytes", None)
+            if first is not None and (looks_like_tls(first) or not first):
+                raise plain_to_tls_error(target.host, target.port, target.profile,
+                                         closed=not first)
         raise _association_failure(assoc, target, received)
     connect = float(getattr(assoc, "medimg_connect_seconds", 0.0))
+    handshake = 0.0
+    if tls_args is not None:
+        from medimg_cli.dimse.tls import record_of
+
+        record = record_of(tls_args[0])
+        if record is not None:
+            connect, handshake = record.connect, record.handshake
     this_report = make_report(assoc, elapsed)
-    this_report.timing = {"dns": dns, "connect": connect, "associate": elapsed - connect}
+    this_report.timing = {"dns": dns, "connect": connect}
+    if tls_args is not None:
+        this_report.timing["tls_handshake"] = handshake
+    this_report.timing["associate"] = elapsed - connect - handshake
     if report is not None:
         report.append(this_report)
     if idle_timeout:
@@ -335,6 +415,20 @@ def open_association(
             releasing = time.perf_counter()
             assoc.release()
             this_report.timing["release"] = time.perf_counter() - releasing
+
+
+def _tls_failure(assoc: Association, target: Target, context: Any) -> None:
+    """Raise the diagnosis of a TLS failure during connect or negotiation, if it was one."""
+    from medimg_cli.dimse.tls import diagnose, record_of
+
+    record = record_of(context)
+    if record is None or record.error is None or target.tls is None:
+        return
+    if not record.handshake_started and isinstance(record.error, OSError):
+        raise _connect_failure(record.error, target)
+    error = diagnose(record.error, record, target.tls, target.host, target.port)
+    if error is not None:
+        raise error
 
 
 def _association_failure(

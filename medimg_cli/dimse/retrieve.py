@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from pynetdicom.association import Association
     from pynetdicom.transport import ThreadedAssociationServer
 
+    from medimg_cli.dimse.tls import TlsSettings
+
 MOVE_MODEL = "1.2.840.10008.5.1.4.1.2.2.2"  # Study Root Query/Retrieve - MOVE
 GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Query/Retrieve - GET
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -113,6 +115,7 @@ class RetrieveOptions:
     # (SO_REUSEPORT), so a worker cannot tell which instances were its own.
     shared_receiver: bool = False
     instances: list[Instance] | None = None  # already listed by the parent
+    receive_tls: TlsSettings | None = None  # the embedded SCP speaks DICOM TLS
 
 
 @dataclass(frozen=True)
@@ -329,11 +332,17 @@ def _start_scp(options: RetrieveOptions, writer: InstanceWriter) -> ThreadedAsso
     ae.network_timeout = None
     for uid in _STORAGE_CLASSES.values():
         ae.add_supported_context(uid, receive_syntaxes(ALL_TRANSFER_SYNTAXES))
+    ssl_context = None
+    if options.receive_tls is not None:
+        from medimg_cli.dimse.tls import server_context
+
+        ssl_context = server_context(options.receive_tls)
     try:
         server = ae.start_server(
             ("0.0.0.0", options.receive_port),
             block=False,
             evt_handlers=[(evt.EVT_C_STORE, writer.handle)],
+            ssl_context=ssl_context,
         )
     except OSError as exc:
         raise UsageError(
