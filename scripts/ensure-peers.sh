@@ -8,6 +8,18 @@ command -v dcmqrscp >/dev/null 2>&1 || missing+=(dcmtk)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # TLS test certificates
 [ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
+
+# sekmet-fhir, the tests' FHIR R4 server, lives in its own venv (.venv-peers/) so that
+# its dependencies (FastAPI, uvicorn, fhir.resources ...) never mix with medimg's.
+SEKMET_VERSION=0.1.1
+peers_venv="$(cd "$(dirname "$0")/.." && pwd)/.venv-peers"
+if ! "$peers_venv/bin/sekmet" --version 2>/dev/null | grep -qx "sekmet-fhir $SEKMET_VERSION"; then
+  echo "installing sekmet-fhir $SEKMET_VERSION into $peers_venv (the test FHIR server)" >&2
+  python3 -m venv "$peers_venv"
+  "$peers_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "sekmet-fhir==$SEKMET_VERSION"
+fi
+
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "installing the test peers: ${missing[*]} (Debian packages)" >&2

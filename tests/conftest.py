@@ -14,6 +14,8 @@ Fixtures (all session-scoped unless said otherwise):
 - ``peer_pool`` -> ``PeerPool``: start more peers that live until the session ends.
 - ``fresh_peers`` (function scope) -> ``PeerPool``: peers killed after the test
   (for tests that change a PACS's content, or need an empty one).
+- ``fhir_server`` -> ``fhir_peer.FhirServer``: sekmet-fhir (FHIR R4, JWT access tokens
+  required) loaded with patients, ImagingStudies of ``dicom_data`` and a DiagnosticReport.
 - ``storescp`` (function scope) -> ``peers.Storescp``: DCMTK storescp (AE STORESCP)
   writing into an empty directory; ``fresh_peers.storescp(extra_args=...)`` for
   one with other options.
@@ -36,6 +38,7 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 from dicom_data import Manifest, generate  # noqa: E402
+from fhir_peer import FhirServer, start_loaded  # noqa: E402
 from peers import (  # noqa: E402
     LOOPBACK,
     Dcmqrscp,
@@ -111,3 +114,14 @@ def orthanc_checking_aet(peer_pool: PeerPool) -> Orthanc:
 @pytest.fixture
 def storescp(fresh_peers: PeerPool) -> Storescp:
     return fresh_peers.storescp()
+
+
+@pytest.fixture(scope="session")
+def fhir_server(tmp_path_factory: pytest.TempPathFactory, dicom_data: Manifest
+                ) -> Iterator[FhirServer]:
+    """sekmet-fhir on loopback, loaded with ``fhir_peer.seed_bundle(dicom_data)``."""
+    server = start_loaded(tmp_path_factory.mktemp("fhir"), dicom_data)
+    try:
+        yield server
+    finally:
+        server.stop()

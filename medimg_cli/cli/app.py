@@ -16,6 +16,7 @@ import typer
 from medimg_cli import __version__
 from medimg_cli.cli.config_cmd import config_app, profiles_command
 from medimg_cli.cli.echo import echo_command
+from medimg_cli.cli.fhir_cmd import fhir_app
 from medimg_cli.cli.find import find_command
 from medimg_cli.cli.retrieve_cmd import get_command, move_command
 from medimg_cli.cli.runtime import Runtime
@@ -133,6 +134,7 @@ app.command("get", help="Retrieve by C-GET (no inbound port needed).")(get_comma
 app.command("wadoget", help="Retrieve by WADO-RS from a DICOMweb profile.")(wadoget_command)
 app.command("stow", help="Send DICOM files and folders to a PACS (C-STORE).")(stow_command)
 app.add_typer(config_app, name="config")
+app.add_typer(fhir_app, name="fhir")
 app.command("profiles", help="List the profiles: name, type, endpoint.")(profiles_command)
 
 
