@@ -8,6 +8,23 @@ command -v dcmqrscp >/dev/null 2>&1 || missing+=(dcmtk)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # TLS test certificates
 [ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
+# OAuth tests: Node.js runs oidc-provider; gnome-keyring in a dbus session is the real keyring.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v gnome-keyring-daemon >/dev/null 2>&1 || missing+=(gnome-keyring)
+command -v dbus-run-session >/dev/null 2>&1 || missing+=(dbus)
+command -v secret-tool >/dev/null 2>&1 || missing+=(libsecret-tools)
+
+# oidc-provider (npm), pinned by tests/oauth_server/package-lock.json; node_modules is not committed.
+oauth_npm() {
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/oauth_server"
+  if [ ! -d "$dir/node_modules/oidc-provider" ] \
+     || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    echo "installing oidc-provider for the OAuth tests (npm ci in $dir)" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+}
 
 # sekmet-fhir, the tests' FHIR R4 server, lives in its own venv (.venv-peers/) so that
 # its dependencies (FastAPI, uvicorn, fhir.resources ...) never mix with medimg's.
@@ -20,7 +37,7 @@ if ! "$peers_venv/bin/sekmet" --version 2>/dev/null | grep -qx "sekmet-fhir $SEK
     "sekmet-fhir==$SEKMET_VERSION"
 fi
 
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then oauth_npm; exit 0; fi
 
 echo "installing the test peers: ${missing[*]} (Debian packages)" >&2
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
@@ -29,3 +46,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q >/dev/null
 $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+oauth_npm

@@ -16,6 +16,8 @@ Fixtures (all session-scoped unless said otherwise):
   (for tests that change a PACS's content, or need an empty one).
 - ``fhir_server`` -> ``fhir_peer.FhirServer``: sekmet-fhir (FHIR R4, JWT access tokens
   required) loaded with patients, ImagingStudies of ``dicom_data`` and a DiagnosticReport.
+- ``oauth_server`` -> ``oauth_peer.OAuthServer``: panva's oidc-provider (Node.js) on
+  loopback; issues HS256 JWT access tokens with ``.jwt_secret`` (see oauth_peer's docstring).
 - ``storescp`` (function scope) -> ``peers.Storescp``: DCMTK storescp (AE STORESCP)
   writing into an empty directory; ``fresh_peers.storescp(extra_args=...)`` for
   one with other options.
@@ -39,6 +41,7 @@ if _TESTS_DIR not in sys.path:
 
 from dicom_data import Manifest, generate  # noqa: E402
 from fhir_peer import FhirServer, start_loaded  # noqa: E402
+from oauth_peer import OAuthServer, start_oauth_server  # noqa: E402
 from peers import (  # noqa: E402
     LOOPBACK,
     Dcmqrscp,
@@ -121,6 +124,16 @@ def fhir_server(tmp_path_factory: pytest.TempPathFactory, dicom_data: Manifest
                 ) -> Iterator[FhirServer]:
     """sekmet-fhir on loopback, loaded with ``fhir_peer.seed_bundle(dicom_data)``."""
     server = start_loaded(tmp_path_factory.mktemp("fhir"), dicom_data)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def oauth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OAuthServer]:
+    """The OAuth / OpenID provider (oidc-provider) on a free loopback port."""
+    server = start_oauth_server(tmp_path_factory.mktemp("oauth"))
     try:
         yield server
     finally:

@@ -18,6 +18,7 @@ from medimg_cli.cli.config_cmd import config_app, profiles_command
 from medimg_cli.cli.echo import echo_command
 from medimg_cli.cli.fhir_cmd import fhir_app
 from medimg_cli.cli.find import find_command
+from medimg_cli.cli.login_cmd import login_command, logout_command, token_command
 from medimg_cli.cli.retrieve_cmd import get_command, move_command
 from medimg_cli.cli.runtime import Runtime
 from medimg_cli.cli.stow import stow_command
@@ -136,6 +137,14 @@ app.command("stow", help="Send DICOM files and folders to a PACS (C-STORE).")(st
 app.add_typer(config_app, name="config")
 app.add_typer(fhir_app, name="fhir")
 app.command("profiles", help="List the profiles: name, type, endpoint.")(profiles_command)
+app.command("login", help="Log in: store a secret in the keyring, or run the OAuth flow.")(
+    login_command
+)
+app.command("token", help="Show a profile's login (expiry, scopes); never the token unless "
+            "asked.")(token_command)
+app.command("logout", help="Log out: revoke the OAuth tokens, remove the keyring entries.")(
+    logout_command
+)
 
 
 def _interrupt(signum: int, frame: Any) -> NoReturn:

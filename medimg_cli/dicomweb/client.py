@@ -58,6 +58,10 @@ def _auth_headers(profile: Profile) -> tuple[dict[str, str], Any]:
     if kind == "api-key":
         key = get_secret(profile.name, "api_key", profile.get("api_key_env"), "API key")
         return {str(profile.get("api_key_header", "X-Api-Key")): key}, None
+    if kind == "oauth":
+        from medimg_cli.auth.session import auth_for
+
+        return {}, auth_for(profile)
     raise UsageError(
         f"profile '{profile.name}': auth = \"{kind}\" is not available in this version",
         hint="use none, basic, bearer or api-key",
@@ -98,6 +102,9 @@ def open_client(profile: Profile, *, timeout: float | None = None) -> Iterator[h
         yield client
     finally:
         client.close()
+        close_auth = getattr(getattr(auth, "session", None), "close", None)
+        if callable(close_auth):
+            close_auth()
 
 
 def _version() -> str:

@@ -1,0 +1,177 @@
+"""`login` / `token` / `logout` with client credentials and Backend Services, against oidc-provider.
+
+Each medimg run is a new process; the token set travels between them in the
+(file-backed) test keyring, one entry per profile.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testkeyring
+from cli_helpers import medimg, write_config
+from oauth_peer import (
+    ES384_CLIENT,
+    NO_KEYRING_ENV,
+    POST_CLIENT,
+    RS384_CLIENT,
+    SECRET_ENV,
+    OAuthServer,
+    keyring_env,
+)
+
+
+def jwt_claims(token: str, secret: str) -> dict[str, Any]:
+    """The claims of an HS256 JWT, after checking its signature with `secret`."""
+    head, body, sig = token.split(".")
+    expected = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    assert base64.urlsafe_b64decode(sig + "==") == expected, "bad HS256 signature"
+    header = json.loads(base64.urlsafe_b64decode(head + "=="))
+    assert header["alg"] == "HS256"
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(body + "=="))
+    return claims
+
+
+def test_client_credentials_login_token_and_logout(tmp_path: Path,
+                                                   oauth_server: OAuthServer) -> None:
+    config = write_config(tmp_path / "c.toml", oauth_server.profile_toml(
+        "ehr", scope="system/*.read system/DiagnosticReport.write"))
+    store = tmp_path / "keyring.json"
+    env = {**keyring_env(store), **oauth_server.client_env()}
+
+    login = medimg("login", "ehr", config=config, env=env)
+    assert login.code == 0, login.stderr
+    assert "Logged in to 'ehr'" in login.stderr
+    entries = testkeyring.read(store)
+    assert set(entries) == {"ehr:oauth"}  # one entry: the token set
+    stored = json.loads(entries["ehr:oauth"])
+    assert stored["token_endpoint"] == oauth_server.token_url
+
+    status = medimg("token", "ehr", "--format", "json", config=config, env=env)
+    assert status.code == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["logged_in"] and shown["flow"] == "client-credentials"
+    assert shown["scope"] == "system/*.read system/DiagnosticReport.write"
+    assert 250 < shown["expires_in"] <= 300
+    assert shown["token_endpoint"] == oauth_server.token_url
+    assert stored["access_token"] not in status.stdout + status.stderr
+
+    printed = medimg("token", "ehr", "--print-access-token", config=config, env=env)
+    assert printed.code == 0, printed.stderr
+    token = printed.stdout.strip()
+    assert token == stored["access_token"]  # still fresh: no new grant
+    claims = jwt_claims(token, oauth_server.jwt_secret)
+    assert claims["aud"] == oauth_server.default_audience
+    assert claims["client_id"] == "medimg-basic"
+
+    logout = medimg("logout", "ehr", config=config, env=env)
+    assert logout.code == 0, logout.stderr
+    assert "Logged out of 'ehr'" in logout.stderr
+    assert testkeyring.read(store) == {}
+    after = medimg("token", "ehr", config=config, env=env)
+    assert after.code == 4
+    assert "not logged in" in after.stdout
+
+
+def test_client_secret_post_read_from_stdin_is_kept_in_the_keyring(
+        tmp_path: Path, oauth_server: OAuthServer) -> None:
+    profile = oauth_server.profile_toml("cs", client_id=POST_CLIENT, client_secret_env=None)
+    config = write_config(tmp_path / "c.toml", profile)
+    store = tmp_path / "keyring.json"
+    env = keyring_env(store)
+    login = medimg("login", "cs", "--stdin", config=config, env=env,
+                   input=oauth_server.post_secret + "\n")
+    assert login.code == 0, login.stderr
+    assert testkeyring.read(store)["cs:client_secret"] == oauth_server.post_secret
+    assert oauth_server.post_secret not in login.stdout + login.stderr
+    assert oauth_server.post_secret not in config.read_text()
+    # The cached token is dropped: a new grant needs the stored secret (client_secret_post).
+    entries = testkeyring.read(store)
+    stored = json.loads(entries["cs:oauth"])
+    stored["expires_at"] = stored["obtained_at"]
+    store_raw = json.loads(store.read_text())
+    store_raw["medimg\0cs:oauth"] = json.dumps(stored)
+    store.write_text(json.dumps(store_raw))
+    again = medimg("-vv", "token", "cs", "--print-access-token", config=config, env=env)
+    assert again.code == 0, again.stderr
+    assert again.stdout.strip() != stored["access_token"]
+    assert "(client_credentials) -> 200" in again.stderr
+    logout = medimg("logout", "cs", config=config, env=env)
+    assert logout.code == 0
+    assert testkeyring.read(store) == {}
+
+
+def test_wrong_client_secret_is_refused_without_showing_it(tmp_path: Path,
+                                                           oauth_server: OAuthServer) -> None:
+    config = write_config(tmp_path / "c.toml", oauth_server.profile_toml("ehr"))
+    wrong = "not-the-secret-0123456789"
+    result = medimg("-vv", "login", "ehr", config=config,
+                    env={**keyring_env(tmp_path / "k.json"), SECRET_ENV: wrong})
+    assert result.code == 4, result.stderr
+    assert "invalid_client" in result.stderr
+    assert wrong not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("client_id", [RS384_CLIENT, ES384_CLIENT])
+def test_backend_services_signs_the_assertion_the_client_is_registered_for(
+        tmp_path: Path, oauth_server: OAuthServer, client_id: str) -> None:
+    # The provider only accepts this client's own alg (token_endpoint_auth_signing_alg).
+    config = write_config(tmp_path / "c.toml", oauth_server.profile_toml(
+        "bs", flow="backend-services", client_id=client_id))
+    env = keyring_env(tmp_path / "k.json")
+    login = medimg("-vv", "login", "bs", config=config, env=env)
+    assert login.code == 0, login.stderr
+    assert "BEGIN" not in login.stderr  # no key material in the log
+    token = medimg("token", "bs", "--print-access-token", config=config, env=env)
+    assert token.code == 0, token.stderr
+    assert jwt_claims(token.stdout.strip(), oauth_server.jwt_secret)["client_id"] == client_id
+
+
+def test_backend_services_with_the_wrong_key_is_refused(tmp_path: Path,
+                                                        oauth_server: OAuthServer) -> None:
+    config = write_config(tmp_path / "c.toml", oauth_server.profile_toml(
+        "bs", flow="backend-services", client_id=RS384_CLIENT,
+        private_key_file=str(oauth_server.es384_key_file)))
+    result = medimg("login", "bs", config=config, env=keyring_env(tmp_path / "k.json"))
+    assert result.code == 4, result.stderr
+    assert "invalid_client" in result.stderr
+
+
+def test_keygen_writes_a_jwks_the_server_accepts(tmp_path: Path,
+                                                 oauth_server: OAuthServer) -> None:
+    key_file = tmp_path / "keys" / "epic.pem"
+    config = write_config(tmp_path / "c.toml", oauth_server.profile_toml(
+        "epic", flow="backend-services", client_id="placeholder", alg="ES384",
+        private_key_file=str(key_file)))
+    env = keyring_env(tmp_path / "k.json")
+    keygen = medimg("login", "epic", "--keygen", config=config, env=env)
+    assert keygen.code == 0, keygen.stderr
+    jwks = json.loads(keygen.stdout)
+    (jwk,) = jwks["keys"]
+    assert jwk["kty"] == "EC" and jwk["alg"] == "ES384" and jwk["kid"] and "d" not in jwk
+    assert key_file.stat().st_mode & 0o077 == 0
+    assert json.loads((tmp_path / "keys" / "epic.jwks.json").read_text()) == jwks
+    again = medimg("login", "epic", "--keygen", config=config, env=env)
+    assert again.code == 2 and "exists already" in again.stderr
+
+    # The EHR registers the JWKS; the profile then names the client id it got.
+    client_id = oauth_server.register_client(jwks, "ES384")
+    config.write_text(config.read_text().replace('"placeholder"', json.dumps(client_id)))
+    login = medimg("login", "epic", config=config, env=env)
+    assert login.code == 0, login.stderr
+
+
+def test_headless_host_without_keyring_uses_the_client_secret_env(
+        tmp_path: Path, oauth_server: OAuthServer) -> None:
+    config = write_config(tmp_path / "c.toml", oauth_server.profile_toml("ehr"))
+    result = medimg("token", "ehr", "--print-access-token", config=config,
+                    env={**NO_KEYRING_ENV, **oauth_server.client_env()})
+    assert result.code == 0, result.stderr
+    assert jwt_claims(result.stdout.strip(), oauth_server.jwt_secret)["sub"] == "medimg-basic"
