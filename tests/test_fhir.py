@@ -436,3 +436,21 @@ def test_echo_lines_and_summary(fhir_server: FhirServer, config: Path) -> None:
     assert lines[1].startswith(f"GET {fhir_server.url}/metadata: seq=2 HTTP 200 time=")
     assert "FHIR 4.0.1 server: SEKMET FHIR R4 Tester" in result.stderr
     assert "SMART: token endpoint" in result.stderr
+
+
+def test_the_token_never_appears_in_output_or_vv_logs(
+    fhir_server: FhirServer, config: Path
+) -> None:
+    token = fhir_server.token(READ_SCOPE)
+    runs = [
+        fhir(fhir_server, config, "-vv", "fhir", "studies", "ehr", "-p", "pat001", "-f", "table",
+             token=token),
+        fhir(fhir_server, config, "-vv", "fhir", "report", "ehr", "-p", "pat001", "--code", "1",
+             "--conclusion", "x", token=token),  # 403
+        fhir(fhir_server, config, "-vv", "echo", "ehr", token=token),
+    ]
+    assert [r.code for r in runs] == [0, 4, 0]
+    for result in runs:
+        assert "<redacted>" in result.stderr  # the Authorization header was logged, redacted
+        assert token not in result.stdout + result.stderr
+        assert token.split(".")[2] not in result.stdout + result.stderr

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from medimg_cli.dicomweb.client import request
 from medimg_cli.errors import RefusedError, RemoteError, UsageError
@@ -221,6 +221,8 @@ def search_pages(
             remaining -= len(page.matches)
         yield page
         url = _next_link(bundle)
+        if url is not None:
+            url = urljoin(str(response.url), url)  # a relative link is relative to this page
         if url is None or (remaining is not None and remaining <= 0) or url in seen:
             break
         if not _same_origin(url, base):
