@@ -381,6 +381,18 @@ def test_read_of_a_missing_id_shows_the_operation_outcome(
     assert "HTTP 404 error not-found: Patient/no-such-patient not found" in line
 
 
+def test_unknown_resource_type_is_a_remote_failure(fhir_server: FhirServer, config: Path) -> None:
+    result = fhir(fhir_server, config, "fhir", "search", "ehr", "Imagingstudy")
+    assert result.code == 5
+    assert "Unknown resource type 'Imagingstudy'" in one_line_error(result)
+
+
+def test_since_that_is_no_date_is_a_usage_error(fhir_server: FhirServer, config: Path) -> None:
+    result = fhir(fhir_server, config, "fhir", "studies", "ehr", "-p", "pat001", "--since", "soon")
+    assert result.code == 2
+    assert "--since 'soon' is not a date" in one_line_error(result)
+
+
 def test_no_token_is_401_exit_4(fhir_server: FhirServer, config: Path) -> None:
     result = fhir(fhir_server, config, "fhir", "patient", "anon", "pat001")
     assert result.code == 4

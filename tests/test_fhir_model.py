@@ -243,3 +243,20 @@ def test_create_takes_the_id_from_location_else_the_body(
 def test_create_without_any_id_is_a_remote_error() -> None:
     with client_for(lambda r: httpx.Response(201)) as client, pytest.raises(RemoteError):
         fhir.create(client, {"resourceType": "DiagnosticReport"})
+
+
+def test_fhir_help_loads_no_protocol_library() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import io, contextlib, sys\nfrom medimg_cli.cli.app import run\n"
+        "for argv in (['fhir', '--help'], ['fhir', 'studies', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out: run(argv)\n"
+        "    assert '--patient' in out.getvalue() or 'studies' in out.getvalue()\n"
+        "print(','.join(m for m in ('httpx', 'keyring', 'pydicom', 'pynetdicom') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == ""
