@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -65,7 +65,7 @@ def _fhir_profile(ctx: typer.Context, profile_name: str, command: str) -> tuple[
     return rt, profile
 
 
-def _warn_outcome(rt: Runtime) -> Any:
+def _warn_outcome(rt: Runtime) -> Callable[[dict[str, Any]], None]:
     from medimg_cli.fhir.client import outcome_text
 
     def warn(outcome: dict[str, Any]) -> None:
@@ -99,7 +99,7 @@ def _write_table(rt: Runtime, columns: list[Column], rows: list[list[str]]) -> N
 
 
 def render_pages(rt: Runtime, pages: Iterator[Page], rtype: str, fmt: str) -> int:
-    """Write the matches of a search as they arrive; return how many."""
+    """Write the matches of a search as they arrive; return how many (resources, not lines)."""
     from medimg_cli.fhir.model import columns_for, index_included, study_uids
     from medimg_cli.output import render_records
 
@@ -121,8 +121,8 @@ def render_pages(rt: Runtime, pages: Iterator[Page], rtype: str, fmt: str) -> in
                         "Instance UID (identifier system urn:dicom:uid); skipped")
             for uid in uids:
                 rt.stdout.write(uid + "\n")
-                count += 1
             rt.stdout.flush()
+            count += 1
         return count
     columns = columns_for(rtype)
     if fmt == "csv":
@@ -157,17 +157,18 @@ def _search(rt: Runtime, profile: Profile, rtype: str, params: list[tuple[str, s
     from medimg_cli.dicomweb.client import open_client
     from medimg_cli.fhir.client import search_pages
 
-    shown: list[Page] = []
+    totals: list[int | None] = []  # the first page's Bundle.total (pages are not kept)
 
     def pages() -> Iterator[Page]:
         for page in search_pages(client, rtype, params, limit=limit or None,
                                  page_size=page_size, on_outcome=_warn_outcome(rt)):
-            shown.append(page)
+            if not totals:
+                totals.append(page.total)
             yield page
 
     with open_client(profile, timeout=timeout) as client:
         count = render_pages(rt, pages(), rtype, fmt)
-    total = shown[0].total if shown else None
+    total = totals[0] if totals else None
     if limit and count >= limit and total is not None and total > limit:
         rt.info(f"{count} of {total} matches shown (--limit {limit})")
     elif fmt == "table" and rt.stdout_is_terminal:
