@@ -277,9 +277,9 @@ def seed_bundle(data: Manifest) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def start_loaded(workdir: Path, data: Manifest) -> FhirServer:
-    """The session server: started and loaded with :func:`seed_bundle`."""
-    server = FhirServer.start(workdir)
+def start_loaded(workdir: Path, data: Manifest, **start: Any) -> FhirServer:
+    """A server started (``FhirServer.start(**start)``) and loaded with :func:`seed_bundle`."""
+    server = FhirServer.start(workdir, **start)
     try:
         server.load_bundle(seed_bundle(data))
     except BaseException:
