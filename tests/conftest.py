@@ -8,7 +8,8 @@ Fixtures (all session-scoped unless said otherwise):
   storage SCP there.
 - ``orthanc`` -> ``peers.Orthanc``: Orthanc + DICOMweb, loaded with ``dicom_data``.
 - ``dcmqrscp`` -> ``peers.Dcmqrscp``: DCMTK dcmqrscp (AE DCMQR), loaded with ``dicom_data``.
-- ``pacs`` -> ``peers.Peer``: parametrized over ``orthanc`` and ``dcmqrscp``.
+- ``sandbox`` -> ``sandbox_peer.Sandbox``: ``medimg sandbox`` loaded with ``dicom_data``.
+- ``pacs`` -> ``peers.Peer``: parametrized over ``orthanc``, ``dcmqrscp`` and ``sandbox``.
 - ``orthanc_checking_aet`` -> ``peers.Orthanc``: an empty Orthanc with
   ``DicomCheckCalledAet: true`` (rejects a wrong called AE title).
 - ``peer_pool`` -> ``PeerPool``: start more peers that live until the session ends.
@@ -52,8 +53,9 @@ from peers import (  # noqa: E402
     Storescp,
     free_port,
 )
+from sandbox_peer import Sandbox  # noqa: E402
 
-PACS_NAMES = ("orthanc", "dcmqrscp")
+PACS_NAMES = ("orthanc", "dcmqrscp", "sandbox")
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +103,17 @@ def orthanc(peer_pool: PeerPool, dicom_data: Manifest) -> Orthanc:
 @pytest.fixture(scope="session")
 def dcmqrscp(peer_pool: PeerPool, dicom_data: Manifest) -> Dcmqrscp:
     return peer_pool.dcmqrscp(load=dicom_data.paths)
+
+
+@pytest.fixture(scope="session")
+def sandbox(
+    tmp_path_factory: pytest.TempPathFactory, peer_pool: PeerPool, dicom_data: Manifest
+) -> Sandbox:
+    """`medimg sandbox` holding ``dicom_data`` (indexed from its data folder at start)."""
+    peer = Sandbox.start(tmp_path_factory.mktemp("sandbox"), modalities=peer_pool.modalities,
+                         preload=dicom_data.paths)
+    peer_pool.peers.append(peer)
+    return peer
 
 
 @pytest.fixture(scope="session", params=PACS_NAMES)

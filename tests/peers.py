@@ -231,6 +231,8 @@ class Peer:
 
     name: ClassVar[str] = "peer"
     host: str = LOOPBACK
+    # What the peer's A-ASSOCIATE-AC says it is built on (Orthanc and dcmqrscp: DCMTK).
+    implementation_class_uid_prefix: ClassVar[str] = "1.2.276.0.7230010.3"
 
     def __init__(self, workdir: Path, port: int, aet: str, http_url: str | None = None) -> None:
         self.workdir = workdir
