@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("pynetdicom", "pydicom", "httpx", "keyring", "numpy", "requests")
+HEAVY = ("pynetdicom", "pydicom", "httpx", "keyring", "cryptography", "numpy", "requests")
 
 
 def imported_after(code: str) -> set[str]:
