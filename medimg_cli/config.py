@@ -246,6 +246,15 @@ _PROFILE_KEYS: dict[str, dict[str, Validator]] = {
         "tls_verify": _bool,
         "tls_min_version": _tls_version,
         "receive_tls": _bool,
+        # A-ASSOCIATE User Identity (dimse/user_identity.py); the passcode or token
+        # comes from the keyring or the variable these *_env keys name.
+        "user_identity": _choice("username", "username-passcode", "jwt", "saml"),
+        "username": _nonempty,
+        "passcode_env": _env_name,
+        "password_env": _env_name,
+        "identity_token_env": _env_name,
+        "identity_file": _nonempty,
+        "identity_response": _bool,
         **_TLS_KEYS,
     },
     "dicomweb": {**_COMMON_KEYS, **_HTTP_KEYS, "output_dir": _nonempty},
@@ -455,6 +464,9 @@ def parse_config(text: str, path: Path) -> Config:
             )
         nested = {"oauth": _OAUTH_KEYS} if kind in ("dicomweb", "fhir") else None
         values = _check_table(path, table, raw, _PROFILE_KEYS[kind], name, nested)
+        from medimg_cli.presets import apply_defaults
+
+        values = apply_defaults(kind, values)  # vendor preset: keys the profile leaves out
         for key in _REQUIRED[kind]:
             if key not in values:
                 raise ConfigError(

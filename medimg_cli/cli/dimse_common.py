@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+import typer
 
 from medimg_cli.config import ae_title
 from medimg_cli.errors import UsageError
@@ -12,6 +14,7 @@ if TYPE_CHECKING:
     from medimg_cli.config import Profile
     from medimg_cli.dimse.association import AssociationReport, Target
     from medimg_cli.dimse.tls import TlsSettings
+    from medimg_cli.dimse.user_identity import UserIdentity
 
 
 def dimse_target(
@@ -20,9 +23,18 @@ def dimse_target(
     calling_aet: str | None = None,
     called_aet: str | None = None,
     timeout: float | None = None,
+    user_identity: UserIdentity | None = None,
 ) -> Target:
-    """The Target for `profile`, with --aet, --aec and --timeout applied."""
+    """The Target for `profile`, with --aet, --aec and --timeout applied.
+
+    `user_identity` overrides the profile's (user_identity keys) when given.
+    """
     from medimg_cli.dimse.association import Target
+
+    if user_identity is None and profile.get("user_identity"):
+        from medimg_cli.dimse.user_identity import from_profile
+
+        user_identity = from_profile(profile)
 
     def aet(value: str | None, option: str, fallback: str) -> str:
         if value is None:
@@ -43,6 +55,7 @@ def dimse_target(
         max_pdu=int(profile.get("max_pdu", 0)),
         profile=profile.name,
         tls=tls_settings(profile) if profile.get("tls", False) else None,
+        user_identity=user_identity,
     )
 
 
@@ -76,7 +89,53 @@ def show_association_report(
     )
     pdu = report.peer_max_pdu
     rt.detail(f"  peer max PDU: {pdu if pdu else 'unlimited'}")
+    if report.user_identity:
+        rt.detail(f"  user identity: {report.user_identity['summary']}")
     for cx in report.contexts:
         state = "accepted" if cx.accepted else f"rejected ({cx.result})"
         syntaxes = ", ".join(str(UID(ts).name) for ts in cx.transfer_syntaxes)
         rt.detail(f"  context {cx.name}: {state}" + (f", {syntaxes}" if syntaxes else ""))
+
+
+# User Identity options (the secret itself is never an option: keyring or *_env).
+UserIdentityOpt = Annotated[
+    str | None,
+    typer.Option("--user-identity", metavar="KIND",
+                 help="A-ASSOCIATE user identity: username | username-passcode | jwt | saml "
+                 "(overrides the profile's user_identity). The passcode or token comes from "
+                 "the keyring or the profile's passcode_env / identity_token_env.",
+                 show_default=False),
+]
+UsernameOpt = Annotated[
+    str | None,
+    typer.Option("--username", metavar="NAME",
+                 help="Username for --user-identity (overrides the profile's username).",
+                 show_default=False),
+]
+IdentityResponseOpt = Annotated[
+    bool | None,
+    typer.Option("--identity-response/--no-identity-response",
+                 help="Ask the peer for a positive User Identity response.",
+                 show_default=False),
+]
+
+
+def identity_options(profile: Profile, kind: str | None, username: str | None,
+                     response: bool | None) -> UserIdentity | None:
+    """The user identity from options over profile keys; None: let the profile decide."""
+    if kind is None and username is None and response is None:
+        return None
+    from medimg_cli.dimse.user_identity import from_profile
+
+    return from_profile(profile, kind=kind, username=username, response=response)
+
+
+def show_identity_answer(rt: Runtime, fmt: str, report: AssociationReport) -> None:
+    """Whether the peer confirmed our user identity: a result line in table format."""
+    answer = report.user_identity
+    if not answer:
+        return
+    if fmt == "table":
+        rt.stdout.write(f"user identity: {answer['summary']}\n")
+    elif fmt == "jsonl":
+        rt.info(f"user identity: {answer['summary']}")

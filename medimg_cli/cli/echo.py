@@ -6,7 +6,15 @@ from typing import Annotated
 
 import typer
 
-from medimg_cli.cli.dimse_common import dimse_target, show_association_report
+from medimg_cli.cli.dimse_common import (
+    IdentityResponseOpt,
+    UserIdentityOpt,
+    UsernameOpt,
+    dimse_target,
+    identity_options,
+    show_association_report,
+    show_identity_answer,
+)
 from medimg_cli.cli.options import (
     CalledAetOpt,
     CallingAetOpt,
@@ -62,6 +70,9 @@ def echo_command(
         typer.Option("--sample/--no-sample", help="With --move-check: move one instance "
                      "found by C-FIND to our receiver (received and discarded)."),
     ] = True,
+    user_identity: UserIdentityOpt = None,
+    username: UsernameOpt = None,
+    identity_response: IdentityResponseOpt = None,
     fmt: FormatOpt = None,
 ) -> None:
     """Check that a peer answers: C-ECHO for a DIMSE profile, GET metadata for FHIR.
@@ -86,7 +97,8 @@ def echo_command(
         _http_echo(rt, profile, count, interval, timeout, fmt)
         return
     target = dimse_target(profile, calling_aet=calling_aet, called_aet=called_aet,
-                          timeout=timeout)
+                          timeout=timeout, user_identity=identity_options(
+                              profile, user_identity, username, identity_response))
     peer = f"{target.called_aet}@{target.host}:{target.port}"
     if probe or move_check:
         from medimg_cli.cli.probe_view import run_diagnosis
@@ -99,6 +111,7 @@ def echo_command(
     def show(result: EchoResult) -> None:
         if result.seq == 1 and reports:
             show_association_report(rt, reports[0], target.calling_aet, peer)
+            show_identity_answer(rt, fmt, reports[0])
         ms = result.seconds * 1000
         if fmt == "table":
             rt.stdout.write(

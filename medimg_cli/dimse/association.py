@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pynetdicom.association import Association
 
     from medimg_cli.dimse.tls import TlsSettings
+    from medimg_cli.dimse.user_identity import UserIdentity
 
 log = logging.getLogger("medimg.dimse")
 
@@ -45,6 +46,7 @@ class Target:
     max_pdu: int = 0
     profile: str = "?"
     tls: TlsSettings | None = None  # DICOM TLS (profile key tls = true)
+    user_identity: UserIdentity | None = None  # A-ASSOCIATE User Identity negotiation
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class AssociationReport:
     seconds: float = 0.0
     # Seconds per phase: dns, connect, associate (A-ASSOCIATE round trip), release.
     timing: dict[str, float] = field(default_factory=dict)
+    # User Identity: what we sent and what the peer answered (None: nothing sent).
+    user_identity: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,7 @@ class AssociationReport:
             "peer_implementation_version_name": self.peer_implementation_version,
             "contexts": [c.__dict__ for c in self.contexts],
             "seconds": round(self.seconds, 6),
+            **({"user_identity": self.user_identity} if self.user_identity else {}),
         }
 
 
@@ -354,6 +359,8 @@ def open_association(
     ae.maximum_pdu_size = target.max_pdu
     for abstract, syntaxes in contexts:
         ae.add_requested_context(abstract, list(syntaxes))
+    if target.user_identity is not None:
+        ext_neg = [*ext_neg, target.user_identity.negotiation_item()]
     tls_args: tuple[Any, str] | None = None
     if target.tls is not None:
         from medimg_cli.dimse.tls import client_context
@@ -400,6 +407,11 @@ def open_association(
     if tls_args is not None:
         this_report.timing["tls_handshake"] = handshake
     this_report.timing["associate"] = elapsed - connect - handshake
+    if target.user_identity is not None:
+        from medimg_cli.dimse.user_identity import answer_of
+
+        this_report.user_identity = answer_of(assoc, target.user_identity).as_dict(
+            target.user_identity)
     if report is not None:
         report.append(this_report)
     if idle_timeout:
@@ -443,6 +455,10 @@ def _association_failure(
         reason = int(getattr(rsp, "diagnostic", 0) or 0)
         result = int(getattr(rsp, "result", 1) or 1)
         meaning, hint = _reject_diagnosis(source, reason, target)
+        if target.user_identity is not None:
+            from medimg_cli.dimse.user_identity import rejected as identity_refused
+
+            meaning, hint = identity_refused(target.user_identity, meaning, target.profile)
         kind = "transient" if result == 2 else "permanent"
         return RefusedError(f"association rejected ({kind}): {meaning}", hint=hint)
     rejected = [cx for cx in assoc.rejected_contexts]
