@@ -63,6 +63,17 @@ def main_callback(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors.")
     ] = False,
+    trace_file: Annotated[
+        str | None,
+        typer.Option("--trace", metavar="FILE", show_default=False,
+                     help="Write the whole exchange (associations, DIMSE messages, HTTP) to "
+                     "FILE, with timestamps; PHI hashed, secrets hidden: fit for a vendor."),
+    ] = None,
+    no_redact: Annotated[
+        bool,
+        typer.Option("--no-redact", help="Keep patient data (PHI) in --trace and -vv output; "
+                     "secrets stay hidden."),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
@@ -75,8 +86,10 @@ def main_callback(
     """
     rt = Runtime(config_path=config, verbose=verbose, quiet=quiet)
     ctx.obj = rt
+    if trace_file is not None:
+        _setup_trace(trace_file, redact=not no_redact)
     if verbose:
-        _setup_logging(verbose)
+        _setup_logging(verbose, redact=not no_redact)
     elif not quiet:
         _setup_warnings()
     else:
@@ -104,11 +117,29 @@ def _setup_warnings() -> None:
     logger.setLevel(logging.WARNING)
 
 
-def _setup_logging(verbose: int) -> None:
+def _setup_trace(path: str, *, redact: bool) -> None:
+    """--trace FILE: open the trace; the fast paths that skip pynetdicom's events step aside."""
+    from medimg_cli import trace
+    from medimg_cli.errors import UsageError
+
+    try:
+        trace.start(path, redact=redact)
+    except OSError as exc:
+        raise UsageError(f"--trace {path}: cannot write there: {exc.strerror or exc}") from None
+    from medimg_cli.dimse import fastpath
+
+    fastpath.disable()
+
+
+def _setup_logging(verbose: int, *, redact: bool = True) -> None:
     import logging
+
+    from medimg_cli import trace
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    # -vv logs are shared with vendors: PHI hashed as in traces, secrets hidden.
+    handler.addFilter(trace.RedactingFilter(trace.redactor_for(redact)))
     logging.getLogger("medimg").addHandler(handler)
     logging.getLogger("medimg").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
     if verbose >= 2:
@@ -169,6 +200,7 @@ def run(argv: list[str] | None = None) -> int:
         result = app(args=argv, prog_name="medimg", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
     except MedimgError as exc:
+        _trace_error(exc.message, exc.hint)
         report_error(exc.message, exc.hint)
         return int(exc.exit_code)
     except BrokenPipeError:
@@ -196,6 +228,20 @@ def run(argv: list[str] | None = None) -> int:
         return int(ExitCode.INTERNAL)
     finally:
         signal.signal(signal.SIGINT, previous)
+        if "medimg_cli.trace" in sys.modules:
+            sys.modules["medimg_cli.trace"].stop()
+
+
+def _trace_error(message: str, hint: str | None) -> None:
+    """The error line also ends the trace (redacted like the rest)."""
+    if "medimg_cli.trace" not in sys.modules:
+        return
+    from medimg_cli import trace
+
+    current = trace.current()
+    if current is not None:
+        text = current.redactor.text(f"medimg: {message}" + (f"; {hint}" if hint else ""))
+        current.entry("ERROR", text)
 
 
 def main() -> NoReturn:

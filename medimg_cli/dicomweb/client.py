@@ -73,6 +73,8 @@ def open_client(profile: Profile, *, timeout: float | None = None) -> Iterator[h
     """An httpx client for the profile: base URL, timeouts, TLS, authentication."""
     import httpx
 
+    from medimg_cli.dicomweb.tracing import event_hooks as trace_hooks
+
     headers, auth = _auth_headers(profile)
     verify: Any = True
     if profile.get("ca_file"):
@@ -96,6 +98,7 @@ def open_client(profile: Profile, *, timeout: float | None = None) -> Iterator[h
         timeout=httpx.Timeout(limit),
         follow_redirects=True,
         trust_env=True,
+        event_hooks=trace_hooks(),
     )
     client.medimg_secret_headers = tuple(headers)  # type: ignore[attr-defined]
     try:

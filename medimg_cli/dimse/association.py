@@ -347,6 +347,8 @@ def open_association(
 
     from pynetdicom import AE, evt
 
+    from medimg_cli.dimse.tracing import handlers as trace_handlers
+
     tune()
     resolving = time.perf_counter()
     address = resolve(target)
@@ -379,7 +381,7 @@ def open_association(
         ae_title=target.called_aet,
         max_pdu=target.max_pdu,
         ext_neg=list(ext_neg) or None,
-        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse), *handlers],
+        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse), *handlers, *trace_handlers()],
         tls_args=tls_args,
     )
     elapsed = time.perf_counter() - started

@@ -321,6 +321,7 @@ def _start_scp(options: RetrieveOptions, writer: InstanceWriter) -> ThreadedAsso
     from pynetdicom.sop_class import _STORAGE_CLASSES
 
     from medimg_cli.dimse.association import tune
+    from medimg_cli.dimse.tracing import handlers as trace_handlers
 
     tune()
     ae = AE(ae_title=options.receive_aet)
@@ -341,7 +342,7 @@ def _start_scp(options: RetrieveOptions, writer: InstanceWriter) -> ThreadedAsso
         server = ae.start_server(
             ("0.0.0.0", options.receive_port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, writer.handle)],
+            evt_handlers=[(evt.EVT_C_STORE, writer.handle), *trace_handlers()],
             ssl_context=ssl_context,
         )
     except OSError as exc:

@@ -526,6 +526,9 @@ class _Exchange:
         self.msg_id = 0
         self.inbox = bytearray()
         self.transport: Any = None  # pynetdicom's, put aside while we own the socket
+        from medimg_cli import trace
+
+        self.traced = trace.current() is not None  # --trace: entries for each message
 
     def __enter__(self) -> _Exchange:
         assoc, dul = self.assoc, self.assoc.dul
@@ -568,6 +571,11 @@ class _Exchange:
         data set); return the response's (status, error comment)."""
         self.msg_id = self.msg_id % 0xFFFF + 1
         command = store_command(self.msg_id, f.sop_class_uid, f.sop_instance_uid)
+        if self.traced:
+            from medimg_cli.dimse.tracing import store_request
+
+            store_request(self.assoc, context_id, self.msg_id, f.sop_class_uid,
+                          f.sop_instance_uid, f.size - f.offset)
         parts = self._fragments(context_id, command, 0x01)
         if isinstance(data, (bytes, bytearray, memoryview)):
             parts += self._fragments(context_id, data, 0x00)
@@ -640,6 +648,10 @@ class _Exchange:
                               hint="rerun with -vv and send the log to the PACS vendor")
         status = struct.unpack("<H", fields[0x0900])[0]
         comment = fields.get(0x0902, b"").rstrip(b"\x00 ").decode("latin-1")
+        if self.traced:
+            from medimg_cli.dimse.tracing import store_response
+
+            store_response(self.assoc, self.msg_id, status, comment)
         return status, comment
 
     def _read_pdu(self, what: str) -> tuple[int, bytes]:
