@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.server
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +177,49 @@ def test_headless_host_without_keyring_uses_the_client_secret_env(
                     env={**NO_KEYRING_ENV, **oauth_server.client_env()})
     assert result.code == 0, result.stderr
     assert jwt_claims(result.stdout.strip(), oauth_server.jwt_secret)["sub"] == "medimg-basic"
+
+
+def test_endpoints_are_discovered_from_smart_configuration(
+        tmp_path: Path, oauth_server: OAuthServer) -> None:
+    # A FHIR base that publishes .well-known/smart-configuration, as EHRs do.
+    document = json.dumps({key: oauth_server.metadata[key] for key in (
+        "issuer", "authorization_endpoint", "token_endpoint", "revocation_endpoint",
+        "token_endpoint_auth_methods_supported", "code_challenge_methods_supported")})
+
+    class Fhir(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == "/fhir/.well-known/smart-configuration"
+            body = document.encode() if found else b"{}"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fhir)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+        config = write_config(tmp_path / "c.toml", oauth_server.profile_toml(
+            "ehr", url=url, issuer=False))
+        env = {**keyring_env(tmp_path / "k.json"), **oauth_server.client_env()}
+        login = medimg("-vv", "login", "ehr", config=config, env=env)
+        assert login.code == 0, login.stderr
+        assert "smart-configuration -> 200" in login.stderr
+        status = json.loads(medimg("token", "ehr", "-f", "json", config=config,
+                                   env=env).stdout)
+        assert status["token_endpoint"] == oauth_server.token_url
+        assert status["revocation_endpoint"] == oauth_server.metadata["revocation_endpoint"]
+        # No metadata anywhere: the error names where it looked (exit 3).
+        bad = write_config(tmp_path / "bad.toml", oauth_server.profile_toml(
+            "ehr", url=url + "/nothing", issuer=False))
+        missing = medimg("login", "ehr", config=bad, env=env)
+        assert missing.code == 3
+        assert "/nothing/.well-known/smart-configuration" in missing.stderr
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -249,3 +249,18 @@ def test_no_secret_reaches_stdout_stderr_logs_or_the_config(code_login: Login) -
                    after["refresh_token"], auth_code, *code_login.server.secrets):
         assert secret not in text
         assert secret[:24] not in text
+
+
+def test_parallel_commands_share_one_refresh(code_login: Login) -> None:
+    # A rotated refresh token works once (oidc-provider revokes the grant on reuse):
+    # parallel commands must not each spend it.
+    proc = code_login.start()
+    browser_login(code_login, proc)
+    assert finish(proc)[0] == 0
+    code_login.expire()
+    procs = [medimg_popen(["--config", str(code_login.config), "token", "ehr",
+                           "--print-access-token"], code_login.env) for _ in range(3)]
+    results = [finish(p) for p in procs]
+    assert [r[0] for r in results] == [0, 0, 0], [r[2] for r in results]
+    assert len({r[1] for r in results}) == 1  # all got the one renewed token
+    assert results[0][1].strip() == code_login.stored()["access_token"]

@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -114,8 +115,26 @@ class OAuthSession:
                           self.settings.profile)
 
     def refresh(self) -> TokenSet:
-        """Renew now (refresh grant, or a new client-credentials grant) and store."""
+        """Renew now (refresh grant, or a new client-credentials grant) and store.
+
+        Serialised across processes per profile: a refresh token that rotates can
+        be used once, so a second process waits, then takes what the first stored.
+        """
+        with _refresh_lock(self.settings.profile) if self._keyring else contextlib.nullcontext():
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> TokenSet:
         current = self.tokens()
+        if self._keyring:
+            try:
+                latest = load_tokens(self.settings.profile)
+            except RefusedError:
+                latest = None
+            if latest is not None and latest.access_token != current.access_token:
+                self._tokens = current = latest  # another process renewed it meanwhile
+                if not latest.needs_refresh():
+                    log.debug("using the token another medimg process just renewed")
+                    return latest
         try:
             renewed = flows.refresh(self.settings, self.http, current)
         except RefusedError:
@@ -172,6 +191,30 @@ class OAuthSession:
         for kind in (KIND, "client_secret"):
             removed = keyring_delete(self.settings.profile, kind) or removed
         return removed, revoked
+
+
+@contextlib.contextmanager
+def _refresh_lock(profile: str) -> Iterator[None]:
+    """An exclusive per-profile lock file (POSIX flock; a no-op where flock is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    import platformdirs
+
+    directory = Path(platformdirs.user_cache_dir("medimg")) / "locks"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(directory / f"{profile}.lock", "a")  # noqa: SIM115 - closed below
+    except OSError:
+        yield  # no cache dir (read-only home): refresh unserialised
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()
 
 
 class OAuthAuth(httpx.Auth):
