@@ -38,7 +38,7 @@ class Default:
 class Quirk:
     """Documented behaviour that changes what a user should do; `topic` says where it shows."""
 
-    topic: str  # "probe" | "move" | "auth" | "any"
+    topic: str  # "probe" | "find" | "move" | "auth" | "any"
     text: str
     source: str
 
@@ -62,6 +62,10 @@ _CERNER_SMART = ("https://fhir-ehr-code.cerner.com/r4/{tenant}/.well-known/smart
                  " and https://docs.oracle.com/en/industries/health/millennium-platform-apis/")
 _GE_CS = ("GE Healthcare, Centricity PACS 3.0 DICOM Conformance Statement, direction "
           "2017753-209 rev 0.9 (2005), revision history")
+_SIEMENS_CS = ("Siemens Healthcare, DICOM Conformance Statement syngo.plaza VB10B, rev. 1.0 "
+               "(2015), Conformance Statement Overview, Table 1")
+_FUJI_CS = ("FUJIFILM Medical Systems USA, Synapse DICOM Conformance Statement, document "
+            "version 08 (ENG-0012397-A, 2008), revision history: version 07 / Synapse 3.2.0")
 _NOT_FOUND = ("no documented default or quirk was found for this vendor (public conformance "
               "statements were not available to us): the preset only names the vendor")
 
@@ -78,9 +82,27 @@ PRESETS: dict[str, Preset] = {
             sources=(_GE_CS,),
         ),
         Preset("philips-intellispace", "Philips IntelliSpace PACS", "pacs", note=_NOT_FOUND),
-        Preset("siemens-syngo", "Siemens Healthineers syngo (syngo.plaza / syngo.via)", "pacs",
-               note=_NOT_FOUND),
-        Preset("fujifilm-synapse", "Fujifilm Synapse PACS", "pacs", note=_NOT_FOUND),
+        Preset(
+            "siemens-syngo", "Siemens Healthineers syngo.plaza", "pacs",
+            quirks=(
+                Quirk("probe", "syngo.plaza runs several AEs; the Main AE stores and answers "
+                      "query/retrieve but is only a Modality Worklist SCU: worklist queries go "
+                      "to the separate Modality Worklist Provider AE (another called AE title)",
+                      _SIEMENS_CS),
+            ),
+            note="no documented defaults found",
+            sources=(_SIEMENS_CS,),
+        ),
+        Preset(
+            "fujifilm-synapse", "Fujifilm Synapse PACS", "pacs",
+            quirks=(
+                Quirk("find", "C-FIND and Modality Worklist answers are limited to a maximum "
+                      "number of rows (added in Synapse 3.2.0): a large query may come back "
+                      "incomplete; narrow it (dates, modality)", _FUJI_CS),
+            ),
+            note="no documented defaults found",
+            sources=(_FUJI_CS,),
+        ),
         Preset("sectra-ids7", "Sectra IDS7 / Sectra PACS", "pacs", note=_NOT_FOUND),
         Preset(
             "epic", "Epic (Epic on FHIR)", "ehr",
@@ -151,13 +173,13 @@ def apply_defaults(profile_type: str, values: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def quirks_for(profile: Profile, topic: str) -> list[str]:
-    """The preset's quirks for `topic` as hint lines, each naming its source."""
+def quirks_for(profile: Profile, *topics: str) -> list[str]:
+    """The preset's quirks for `topics` as hint lines, each naming its source."""
     preset = get_preset(profile.get("vendor"))
     if preset is None:
         return []
     return [f"{preset.name}: {q.text} (source: {q.source})"
-            for q in preset.quirks if q.topic in (topic, "any")]
+            for q in preset.quirks if q.topic in (*topics, "any")]
 
 
 def identify(implementation_uid: str) -> list[str]:
@@ -176,7 +198,7 @@ def describe() -> list[dict[str, Any]]:
             "kind": p.kind,
             "defaults": [{"profile_type": d.profile_type, "key": d.key, "value": d.value,
                           "source": d.source,
-                          **({"only_with": f"[{d.requires_table}] table"}
+                          **({"only_with": f"an [{d.requires_table}] table"}
                              if d.requires_table else {})}
                          for d in p.defaults],
             "quirks": [{"topic": q.topic, "text": q.text, "source": q.source}

@@ -105,11 +105,21 @@ def validate(ctx: typer.Context) -> None:
     rt.stdout.write(f"{config.path}: OK, {n} profile{'s' if n != 1 else ''}\n")
 
 
-def profiles_command(ctx: typer.Context, fmt: FormatOpt = None) -> None:
+def profiles_command(
+    ctx: typer.Context,
+    fmt: FormatOpt = None,
+    vendors: Annotated[
+        bool, typer.Option("--vendors", help="List the vendor presets (vendor = \"...\") "
+                           "and what each changes, with sources.")
+    ] = False,
+) -> None:
     """List the profiles: name, type, endpoint."""
     from medimg_cli.output import write_json
 
     rt = runtime(ctx)
+    if vendors:
+        _vendors(rt, check_format(fmt, rt, ("table", "json", "jsonl")))
+        return
     config = rt.config()
     fmt = check_format(fmt, rt, ("table", "json", "jsonl", "csv"))
     rows = [
@@ -140,3 +150,38 @@ def profiles_command(ctx: typer.Context, fmt: FormatOpt = None) -> None:
             vendor = f"  ({row['vendor']})" if row["vendor"] else ""
             line = f"{row['name']:<{width}}  {row['type']:<8}  {row['endpoint']}{vendor}"
             rt.stdout.write(line + "\n")
+
+
+def _vendors(rt: Any, fmt: str) -> None:
+    """`profiles --vendors`: each preset, its defaults and quirks, each with its source."""
+    import json
+
+    from medimg_cli.presets import describe
+
+    presets = describe()
+    if fmt == "json":
+        rt.stdout.write(json.dumps(presets, indent=2) + "\n")
+        return
+    if fmt == "jsonl":
+        for preset in presets:
+            rt.stdout.write(json.dumps(preset) + "\n")
+        return
+    width = max(len(p["name"]) for p in presets)
+    for p in presets:
+        changes = len(p["defaults"]) + len(p["quirks"])
+        summary = f"{changes} documented change{'s' if changes != 1 else ''}" if changes \
+            else "no changes"
+        rt.stdout.write(f"{p['name']:<{width}}  {p['kind']:<4}  {p['title']} ({summary})\n")
+        for d in p["defaults"]:
+            only = f" (only when the profile has {d['only_with']})" if "only_with" in d else ""
+            rt.stdout.write(f"{'':<{width}}    default {d['profile_type']} {d['key']} = "
+                            f"{json.dumps(d['value'])}{only}\n")
+            rt.stdout.write(f"{'':<{width}}      source: {d['source']}\n")
+        for q in p["quirks"]:
+            rt.stdout.write(f"{'':<{width}}    quirk ({q['topic']}): {q['text']}\n")
+            rt.stdout.write(f"{'':<{width}}      source: {q['source']}\n")
+        if p["implementation_class_uids"]:
+            rt.stdout.write(f"{'':<{width}}    recognised by implementation class UID "
+                            + ", ".join(p["implementation_class_uids"]) + "\n")
+        if p["note"]:
+            rt.stdout.write(f"{'':<{width}}    note: {p['note']}\n")

@@ -29,8 +29,10 @@ def render_probe(rt: Runtime, fmt: str, result: ProbeResult, peer: str, profile:
                  quirks: list[str]) -> None:
     """The accept/reject matrix, the peer's identity and the role selection answers."""
     from medimg_cli.dimse.probe import TRANSFER_SYNTAXES
+    from medimg_cli.presets import identify
 
-    doc = {"profile": profile, "peer": peer, **result.as_dict()}
+    doc = {"profile": profile, "peer": peer, **result.as_dict(),
+           "identified_as": identify(result.implementation_class_uid), "vendor_quirks": quirks}
     if fmt == "json":
         rt.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
@@ -46,8 +48,6 @@ def render_probe(rt: Runtime, fmt: str, result: ProbeResult, peer: str, profile:
     out(f"peer {peer} (answers as '{result.peer_ae}')\n")
     out(f"  implementation class UID {result.implementation_class_uid}"
         + (f", version name {version}" if version else "") + "\n")
-    from medimg_cli.presets import identify
-
     for match in identify(result.implementation_class_uid):
         out(f"  implementation class UID documented for vendor preset {match}\n")
     pdu = result.peer_max_pdu
@@ -81,7 +81,7 @@ def render_probe(rt: Runtime, fmt: str, result: ProbeResult, peer: str, profile:
                          f"declined (SCU {r.scu_role}, SCP {r.scp_role})")
                 out(f"  {r.name}: {state}\n")
     for quirk in quirks:
-        out(f"\nknown quirk: {quirk}\n")
+        out(f"\ndocumented vendor behaviour: {quirk}\n")
     rt.stdout.flush()
 
 
@@ -125,7 +125,8 @@ def run_diagnosis(rt: Runtime, profile: Profile, target: Target, fmt: str, *, pr
         from medimg_cli.dimse.probe import probe as run_probe
 
         result = run_probe(target)
-        render_probe(rt, fmt, result, peer, profile.name, quirks_for(profile, "probe"))
+        quirks = quirks_for(profile, "probe", "find", "move")
+        render_probe(rt, fmt, result, peer, profile.name, quirks)
         return
     from medimg_cli.dimse.movecheck import move_check as run_move_check
 
