@@ -145,3 +145,17 @@ def test_login_use_and_logout_with_the_real_secret_service(
     assert "AFTER []" in out
     assert out.rstrip().endswith("EXIT token 4")
     assert oauth_server.basic_secret not in out + proc.stderr
+
+
+def test_a_locked_keyring_is_one_line_and_exit_4(tmp_path: Path,
+                                                 oauth_server: OAuthServer) -> None:
+    config = write_config(tmp_path / "c.toml", WEB, oauth_server.profile_toml(
+        "ehr", flow="authorization-code", client_id=NATIVE_CLIENT))
+    env = {**keyring_env(tmp_path / "k.json"),
+           "PYTHON_KEYRING_BACKEND": "testkeyring.LockedKeyring"}
+    for args in (("login", "web", "--stdin"), ("find", "web"), ("token", "ehr"),
+                 ("logout", "ehr")):
+        result = medimg(*args, config=config, env=env, input="pw-locked-1\n")
+        assert result.code == 4, (args, result.stderr)
+        line = one_line(result.stderr)
+        assert "keyring refused" in line and "KeyringLocked" in line and "unlock" in line

@@ -56,3 +56,24 @@ def read(path: Path) -> dict[str, str]:
         return {}
     raw: dict[str, str] = json.loads(path.read_text())
     return {k.split("\0", 1)[1]: v for k, v in raw.items() if k.startswith("medimg\0")}
+
+
+class LockedKeyring(KeyringBackend):
+    """A keyring that is there but refuses every access (a locked Secret Service)."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def get_password(self, service: str, username: str) -> str | None:
+        from keyring.errors import KeyringLocked
+
+        raise KeyringLocked("the collection is locked")
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        from keyring.errors import KeyringLocked
+
+        raise KeyringLocked("the collection is locked")
+
+    def delete_password(self, service: str, username: str) -> None:
+        from keyring.errors import KeyringLocked
+
+        raise KeyringLocked("the collection is locked")

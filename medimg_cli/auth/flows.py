@@ -160,6 +160,16 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, challenge.rstrip(b"=").decode("ascii")
 
 
+def _has_gui() -> bool:
+    """Whether a graphical browser can open: never start a console browser in our terminal."""
+    import os
+    import sys
+
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def authorization_code(settings: OAuthSettings, http: httpx.Client, say: Say, *,
                        open_browser: bool, timeout: float) -> TokenSet:
     """SMART standalone launch: browser (or printed URL), PKCE, loopback redirect."""
@@ -184,7 +194,7 @@ def authorization_code(settings: OAuthSettings, http: httpx.Client, say: Say, *,
         sep = "&" if "?" in eps.authorize else "?"
         url = eps.authorize + sep + urllib.parse.urlencode(params)
         opened = False
-        if open_browser:
+        if open_browser and _has_gui():
             import webbrowser
 
             try:
