@@ -218,8 +218,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._qido(level, {tag: uids[i] for tag, i in fixed.items()}, query)
             return
         # WADO-RS
-        if parts and parts[-1] == "metadata" and len(parts) % 2 == 0:
-            self._metadata(uids[:-1] if len(uids) > 1 else uids, names)
+        if parts and parts[-1] == "metadata" and len(parts) in (3, 5, 7) and shape in (
+                "studies/metadata", "studies/series/metadata",
+                "studies/series/instances/metadata"):
+            self._metadata(parts[1:-1:2])
             return
         if len(parts) == 8 and parts[6] == "frames":
             self._frames(parts[1], parts[3], parts[5], parts[7])
@@ -324,7 +326,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"\r\n")
         self.wfile.write(tail)
 
-    def _metadata(self, uids: list[str], names: list[str]) -> None:
+    def _metadata(self, uids: list[str]) -> None:
         refs = self._refs(uids)
         base = self._base("/dicom-web")
         docs = []
@@ -338,7 +340,6 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 rows[sop] = json.loads(blob)
         for ref in refs:
             doc = rows.get(ref.sop_uid, {})
-            doc["00080005"] = {"vr": "CS", "Value": ["ISO_IR 192"]}
             doc["7FE00010"] = {"vr": "OW", "BulkDataURI": (
                 f"{base}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/"
                 f"{ref.sop_uid}/bulk/7fe00010")}
@@ -360,7 +361,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         body = b"".join(
             f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii")
             + frames[n - 1] + b"\r\n" for n in numbers) + f"--{boundary}--\r\n".encode("ascii")
-        self._send_bytes(200, body, f'multipart/related; type="{content_type.split(";")[0]}"; '
+        self._send_bytes(200, body, f'multipart/related; type="{content_type}"; '
                          f"boundary={boundary}")
 
     # -- STOW-RS
@@ -475,10 +476,12 @@ def read_frames(path: Path) -> tuple[list[bytes], str]:
 
         frames = list(generate_frames(ds.PixelData, number_of_frames=count))
         return frames, f"application/octet-stream; transfer-syntax={syntax}"
+    # uncompressed frames are served as Explicit VR Little Endian, as Orthanc labels them
     size = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
             * int(ds.BitsAllocated) // 8)
     data = bytes(ds.PixelData)
-    return [data[i * size : (i + 1) * size] for i in range(count)], "application/octet-stream"
+    return ([data[i * size : (i + 1) * size] for i in range(count)],
+            "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1")
 
 
 class SandboxHttpServer(ThreadingHTTPServer):

@@ -153,7 +153,7 @@ def header_json(dataset: bytes, transfer_syntax: str) -> dict[str, Any]:
                                  bulk_data_element_handler=lambda elem: "")
     except Exception as exc:  # pydicom raises many kinds on broken data
         raise NotStorable(f"cannot read the data set: {exc}") from None
-    return {k: v for k, v in result.items() if k != "00080005"}
+    return dict(result)
 
 
 def first(record: dict[str, Any], tag: str) -> Any:
