@@ -176,4 +176,9 @@ def test_refresh_margin_and_a_missing_rotated_token_keeps_the_old_one() -> None:
                                      token_endpoint="t", flow="device", client_id="c",
                                      revocation_endpoint=None, previous=tokens)
     assert renewed.refresh_token == "r1-xyz"
+    launched = TokenSet.from_response({"access_token": "c", "patient": "pat-7"},
+                                      token_endpoint="t", flow="authorization-code",
+                                      client_id="c", revocation_endpoint=None)
+    assert launched.status()["patient"] == "pat-7"  # SMART launch context is kept
+    assert launched.status()["expires_in"] is None and not launched.needs_refresh()
     assert "acc-xyz" not in repr(tokens) and "r1-xyz" not in repr(tokens)

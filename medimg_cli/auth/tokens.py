@@ -32,6 +32,7 @@ class TokenSet:
     obtained_at: float = field(default_factory=time.time)
     scope: str = ""
     revocation_endpoint: str | None = None
+    patient: str | None = None  # SMART launch context (scope launch/patient)
 
     def __repr__(self) -> str:  # never show the tokens, even in a debugger or a traceback
         return (f"TokenSet(flow={self.flow!r}, client_id={self.client_id!r}, "
@@ -67,6 +68,8 @@ class TokenSet:
             obtained_at=now,
             scope=scope,
             revocation_endpoint=revocation_endpoint,
+            patient=(str(body["patient"]) if body.get("patient")
+                     else previous.patient if previous else None),
         )
 
     @property
@@ -116,4 +119,5 @@ class TokenSet:
             "refresh_token": self.refresh_token is not None,
             "token_endpoint": self.token_endpoint,
             "revocation_endpoint": self.revocation_endpoint,
+            "patient": self.patient,
         }

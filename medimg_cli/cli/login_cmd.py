@@ -237,6 +237,8 @@ def token_command(
             f"  scopes: {status['scope'] or '-'}",
             f"  token endpoint: {status['token_endpoint']}",
         ]
+        if status["patient"]:
+            lines.append(f"  patient context: {status['patient']}")
         if status["revocation_endpoint"]:
             lines.append(f"  revocation endpoint: {status['revocation_endpoint']}")
         rt.stdout.write("\n".join(lines) + "\n")
