@@ -191,3 +191,15 @@ def test_dcmtk_storescp_accepts_an_identity_without_a_response(
                     env={"PACS_PASSCODE": PASSCODE})
     assert result.code == 0, result.stderr
     assert "the peer sent no positive response" in result.stdout
+
+
+def test_passcode_is_absent_from_a_trace(tmp_path: Path, identity_scp: IdentityScp) -> None:
+    config = write_config(tmp_path / "c.toml", identity_scp.profile(
+        user_identity="username-passcode", username=USER, passcode_env="PACS_PASSCODE"))
+    trace = tmp_path / "t.trace"
+    result = medimg("--trace", str(trace), "echo", "pacs", config=config,
+                    env={"PACS_PASSCODE": PASSCODE})
+    assert result.code == 0, result.stderr
+    text = trace.read_text()
+    assert "user identity: username and passcode" in text  # the negotiation is traced ...
+    assert PASSCODE not in text  # ... without the passcode
