@@ -224,3 +224,18 @@ def test_json_redaction_works_on_a_cut_off_body() -> None:
                        '"gender":"male","birthDate":"1970-01-01"}')
     assert "Doe" not in fhir and "John" not in fhir and "1970-01-01" not in fhir
     assert '"gender":"male"' in fhir and '"resourceType":"Patient"' in fhir
+
+
+def test_parallel_stow_workers_write_into_the_same_trace(
+    tmp_path: Path, fresh_peers: PeerPool, dicom_data: Manifest
+) -> None:
+    peer = fresh_peers.storescp(extra_args=["--fork"])
+    config = write_config(tmp_path / "c.toml", peer.profile_toml("pacs"))
+    trace = tmp_path / "stow.trace"
+    result = medimg("--trace", str(trace), "stow", "pacs", str(dicom_data.root),
+                    "--parallel", "2", config=config)
+    assert result.code == 0, result.stderr
+    text = trace.read_text()
+    assert text.count("A-ASSOCIATE-RQ") == 2
+    assert text.count("C-STORE-RSP") == len(dicom_data.instances)
+    assert text.count("# medimg") == 1  # the workers appended; none started a new trace

@@ -28,6 +28,9 @@ def handlers() -> list[tuple[Any, Any]]:
         return []
     from pynetdicom import evt
 
+    from medimg_cli.dimse import fastpath
+
+    fastpath.disable()  # also in worker processes, which did not run the app's set-up
     return [
         (evt.EVT_CONN_OPEN, _conn_open),
         (evt.EVT_CONN_CLOSE, _conn_close),
