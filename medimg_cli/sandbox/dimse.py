@@ -104,6 +104,27 @@ def identifier_keys(ds: Dataset) -> tuple[str, list[Key]]:
     return level, keys
 
 
+class MalformedIdentifier(Exception):
+    """The identifier's bytes do not parse as a data set."""
+
+
+def _decoded_identifier(event: Any) -> Dataset:
+    """The request's identifier, its element structure checked first (pydicom would
+    accept an element that claims more bytes than there are)."""
+    from medimg_cli.dimse.store import CorruptFileError, check_structure
+
+    syntax = event.context.transfer_syntax
+    stream = event.request.Identifier
+    data = stream.getvalue() if isinstance(stream, BytesIO) else b""
+    if syntax != "1.2.840.10008.1.2.1.99":
+        try:
+            check_structure(memoryview(data), 0, syntax == IMPLICIT_LE,
+                            syntax != "1.2.840.10008.1.2.2")
+        except CorruptFileError as exc:
+            raise MalformedIdentifier(str(exc)) from None
+    return event.identifier
+
+
 def _pad(raw: bytes, vr: str) -> bytes:
     if len(raw) % 2:
         return raw + (b"\x00" if vr == "UI" else b" ")
@@ -346,7 +367,7 @@ class DimseServer:
         model = str(event.request.AffectedSOPClassUID)
         syntax = str(event.context.transfer_syntax)
         try:
-            level, keys = identifier_keys(event.identifier)
+            level, keys = identifier_keys(_decoded_identifier(event))
         except QueryError as exc:
             self.say(f"dimse: C-FIND from {self._who(event)} failed: {exc}")
             yield 0xA900, None
@@ -382,7 +403,7 @@ class DimseServer:
     # -- C-GET and C-MOVE
 
     def _select(self, event: Any) -> list[InstanceRef]:
-        level, keys = identifier_keys(event.identifier)
+        level, keys = identifier_keys(_decoded_identifier(event))
         return matching_instances(self.archive, level, keys)
 
     def on_get(self, event: Any) -> Iterator[Any]:
