@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from cli_helpers import medimg, write_config
-from peers import Peer, Storescp
+from peers import Orthanc, Peer, Storescp
+from test_dimse_tls import certs, orthanc_profile, tls_orthanc, tls_pool  # noqa: F401
+from tls_certs import CertSet
 
 
 def _check(tmp_path: Path, peer: Peer, port: int, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -97,3 +99,34 @@ def test_move_check_of_a_peer_without_query_retrieve(tmp_path: Path, storescp: S
     assert _verdicts(doc)["receive port"] == "warn"  # 0: a PACS needs a fixed port
     assert _causes(doc)["move-not-offered"] == "FOUND"
     assert "accepted no C-MOVE context" in stderr
+
+
+# DICOM TLS: the check's receiver speaks TLS when the profile says receive_tls = true.
+# The TLS Orthanc and the certificates are test_dimse_tls's module fixtures.
+
+
+def test_move_check_over_tls_with_a_tls_receiver(
+    tmp_path: Path, certs: CertSet, tls_orthanc: tuple[Orthanc, int]  # noqa: F811
+) -> None:
+    profile = orthanc_profile(tls_orthanc, certs, receive_tls=True,
+                              cert_file=str(certs.server.cert), key_file=str(certs.server.key))
+    config = write_config(tmp_path / "c.toml", profile)
+    result = medimg("echo", "pacs", "--move-check", "--format", "json", config=config)
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert _verdicts(doc)["sample move"] == "ok"
+
+
+def test_move_check_over_tls_with_a_plain_receiver_finds_the_problem(
+    tmp_path: Path, certs: CertSet, tls_orthanc: tuple[Orthanc, int]  # noqa: F811
+) -> None:
+    config = write_config(tmp_path / "c.toml", orthanc_profile(tls_orthanc, certs))
+    result = medimg("echo", "pacs", "--move-check", "--format", "json", config=config,
+                    timeout=90)
+    assert result.code == 4, result.stderr
+    doc = json.loads(result.stdout)
+    assert "sample move" in [c["name"] for c in doc["checks"] if c["verdict"] == "fail"]
+    causes = _causes(doc)
+    assert causes["receiver-mismatch"] == "FOUND"
+    assert causes["destination-unknown"] == "ruled out"  # it did connect to us
+    assert "receive_tls" in result.stderr

@@ -131,8 +131,11 @@ def run_diagnosis(rt: Runtime, profile: Profile, target: Target, fmt: str, *, pr
     from medimg_cli.dimse.movecheck import move_check as run_move_check
 
     port = receive_port if receive_port is not None else profile.receive_port
+    from medimg_cli.cli.dimse_common import tls_settings
+
+    receive_tls = tls_settings(profile) if profile.get("receive_tls", False) else None
     checked = run_move_check(target, receive_port=port, sample=sample,
-                             quirks=quirks_for(profile, "move"))
+                             quirks=quirks_for(profile, "move"), receive_tls=receive_tls)
     render_move_check(rt, fmt, checked, peer, profile.name)
     if checked.problem is not None:
         raise checked.problem

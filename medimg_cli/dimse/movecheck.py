@@ -72,6 +72,8 @@ class MoveCheckResult:
     causes: list[Cause] = field(default_factory=list)
     status: int | None = None
     inbound: list[str] = field(default_factory=list)
+    # TCP connections to our receiver (with or without an association on them).
+    connections: list[str] = field(default_factory=list)
     problem: MedimgError | None = None
 
     @property
@@ -85,6 +87,7 @@ class MoveCheckResult:
             "ok": self.ok,
             "move_status": None if self.status is None else f"0x{self.status:04X}",
             "inbound_associations": self.inbound,
+            "inbound_connections": self.connections,
             "checks": [c.__dict__ for c in self.checks],
             "causes": [c.__dict__ for c in self.causes],
         }
@@ -111,6 +114,9 @@ def _causes(aet: str, port: int, quirks: Sequence[str]) -> list[Cause]:
               f"a firewall or NAT between the PACS and this host blocks port {port} inbound",
               "open the port inbound (host firewall too), or use `medimg get` (C-GET needs no "
               "inbound connection)"),
+        Cause("receiver-mismatch",
+              "the PACS connects but no association follows: DICOM TLS on one side only",
+              f"set receive_tls to match the PACS's entry for '{aet}' (TLS or plain)"),
         Cause("storage-rejected",
               "the PACS cannot agree a storage context with medimg for some SOP classes",
               "medimg's receiver accepts every storage class and transfer syntax; check the "
@@ -121,8 +127,12 @@ def _causes(aet: str, port: int, quirks: Sequence[str]) -> list[Cause]:
     return causes + extra
 
 
-def _listen(port: int, aet: str, inbound: list[str]) -> Any:
-    """A storage SCP on `port` for the check's duration; records who connects."""
+def _listen(port: int, aet: str, inbound: list[str], connections: list[str],
+            receive_tls: Any = None) -> Any:
+    """A storage SCP on `port` for the check's duration; records who connects.
+
+    With `receive_tls` (TlsSettings) it speaks DICOM TLS, as `move` would.
+    """
     from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
     from pynetdicom.sop_class import _STORAGE_CLASSES
 
@@ -135,6 +145,11 @@ def _listen(port: int, aet: str, inbound: list[str]) -> Any:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     lock = threading.Lock()
 
+    def opened(event: Any) -> None:
+        host, remote_port = event.address
+        with lock:
+            connections.append(f"{host}:{remote_port}")
+
     def accepted(event: Any) -> None:
         rq = event.assoc.requestor
         with lock:
@@ -143,8 +158,14 @@ def _listen(port: int, aet: str, inbound: list[str]) -> Any:
     def stored(event: Any) -> int:
         return 0x0000
 
-    return ae.start_server(("0.0.0.0", port), block=False,
-                           evt_handlers=[(evt.EVT_ACCEPTED, accepted),
+    ssl_context = None
+    if receive_tls is not None:
+        from medimg_cli.dimse.tls import server_context
+
+        ssl_context = server_context(receive_tls)
+    return ae.start_server(("0.0.0.0", port), block=False, ssl_context=ssl_context,
+                           evt_handlers=[(evt.EVT_CONN_OPEN, opened),
+                                         (evt.EVT_ACCEPTED, accepted),
                                          (evt.EVT_C_STORE, stored)])
 
 
@@ -160,7 +181,7 @@ def _local_address(host: str, port: int) -> str:
 
 def move_check(target: Target, *, receive_port: int, receive_aet: str | None = None,
                quirks: Sequence[str] = (), sample: bool = True,
-               settle: float = 0.3) -> MoveCheckResult:
+               settle: float = 0.3, receive_tls: Any = None) -> MoveCheckResult:
     """Run the move pre-flight against `target`; never raises for what it finds.
 
     With `sample`, one instance found by C-FIND is moved to our listener (and
@@ -187,7 +208,8 @@ def move_check(target: Target, *, receive_port: int, receive_aet: str | None = N
             f"'{aet}'"))
     else:
         try:
-            server = _listen(receive_port, aet, result.inbound)
+            server = _listen(receive_port, aet, result.inbound, result.connections,
+                             receive_tls)
         except OSError as exc:
             state.found.add("port-busy")
             reason = exc.strerror or str(exc)
@@ -391,6 +413,7 @@ def _exchange(target: Target, aet: str, result: MoveCheckResult, state: _State, 
                 state.ruled_out.add("destination-unknown")
             return
         before = len(result.inbound)
+        before_connections = len(result.connections)
         status, comment, counts = _move(assoc, target, sample_ds, aet, model, 2)
     state.sampled = True
     deadline = time.monotonic() + settle + 2.0
@@ -399,6 +422,7 @@ def _exchange(target: Target, aet: str, result: MoveCheckResult, state: _State, 
     meaning = describe_status(status, "move") + (f" ({comment})" if comment else "")
     completed, failed, warning = counts
     arrived = result.inbound[before:]
+    connected = result.connections[before_connections:]
     if status == 0xA801:
         _fail(result, state, "move destination",
               f"the PACS does not know '{aet}' as a move destination ({meaning})",
@@ -420,6 +444,14 @@ def _exchange(target: Target, aet: str, result: MoveCheckResult, state: _State, 
               f"the PACS reports {completed + warning} instance sent, but nothing arrived here",
               f"the PACS's entry for '{aet}' points to another host or port: it must be "
               f"this host's address, port {result.receive_port}", "wrong-address")
+    elif connected and not arrived:
+        state.ruled_out.update({"destination-unknown", "wrong-address", "firewall"})
+        _fail(result, state, "sample move",
+              f"the PACS knows '{aet}' and connected to our port {result.receive_port} "
+              f"(from {', '.join(connected)}), but no association came of it ({meaning})",
+              "the PACS and our receiver disagree on DICOM TLS (receive_tls in the profile "
+              f"must match the PACS's setting for '{aet}'), or the PACS's log says why it "
+              "gave up", "receiver-mismatch")
     elif failed > 0:
         state.ruled_out.add("destination-unknown")
         if arrived:
@@ -432,6 +464,7 @@ def _exchange(target: Target, aet: str, result: MoveCheckResult, state: _State, 
               None if arrived else "firewall")
     else:
         _fail(result, state, "move destination",
-              f"the C-MOVE of one existing instance to '{aet}' failed: {meaning}; the PACS "
-              "most likely does not know that AE title as a move destination",
+              f"the C-MOVE of one existing instance to '{aet}' failed: {meaning} and the "
+              "PACS never connected to us; it most likely does not know that AE title as a "
+              f"move destination (or cannot reach port {result.receive_port} here)",
               register, "destination-unknown")
