@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cli_helpers import medimg, write_config
-from peers import Orthanc, PeerPool
+from peers import Orthanc, Peer, PeerPool
 
 from medimg_cli.dimse.probe import (
     EXPLICIT,
@@ -182,3 +182,16 @@ def test_probe_reads_answers_of_an_association_where_nothing_is_accepted(
     cells = [c for row in doc["matrix"] for c in row["transfer_syntaxes"].values()]
     assert len(cells) == 221 and all("not answered" not in c["result"] for c in cells)
     assert set(_results(doc, MWL_FIND).values()) == {"abstract syntax not supported"}
+
+
+def test_probe_of_a_dicomweb_profile_is_a_usage_error(tmp_path: Path, orthanc: Orthanc) -> None:
+    config = write_config(tmp_path / "c.toml", orthanc.dicomweb_profile_toml("web"))
+    result = medimg("echo", "web", "--probe", config=config)
+    assert result.code == 2 and "need a dimse profile" in result.stderr
+
+
+def test_probe_of_a_peer_that_rejects_us_says_why(tmp_path: Path, dcmqrscp: Peer) -> None:
+    config = write_config(tmp_path / "c.toml", dcmqrscp.profile_toml("peer", called_aet="WRONG"))
+    result = medimg("echo", "peer", "--probe", config=config)
+    assert result.code == 4
+    assert "called AE title not recognised" in result.stderr and result.stdout == ""

@@ -88,6 +88,11 @@ def echo_command(
     profile = rt.profile(profile_name)
     require_type(profile, "echo", ("dimse", "dicomweb", "fhir"))
     fmt = check_format(fmt, rt, ("table", "json", "jsonl"))
+    if (probe or move_check) and profile.type != "dimse":
+        from medimg_cli.errors import UsageError
+
+        raise UsageError(f"--probe and --move-check need a dimse profile; '{profile.name}' "
+                         f"is a {profile.type} profile")
     if profile.type == "fhir":
         from medimg_cli.cli.fhir_cmd import fhir_echo
 
