@@ -474,6 +474,11 @@ def parse_config(text: str, path: Path) -> Config:
                     + ", ".join(_REQUIRED[kind])
                     + ")"
                 )
+        if values.get("user_identity") in ("username", "username-passcode") and (
+                "username" not in values):
+            raise ConfigError(
+                f"{_where(path, table, 'username')}: missing (user_identity = "
+                f"\"{values['user_identity']}\" needs a username)")
         if values.get("auth") == "oauth" and "oauth" not in values:
             raise ConfigError(
                 f"{_where(path, table, 'oauth')}: missing (auth = \"oauth\" needs oauth.flow "

@@ -203,3 +203,15 @@ def test_passcode_is_absent_from_a_trace(tmp_path: Path, identity_scp: IdentityS
     text = trace.read_text()
     assert "user identity: username and passcode" in text  # the negotiation is traced ...
     assert PASSCODE not in text  # ... without the passcode
+
+
+def test_config_validate_wants_a_username_for_username_identities(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.toml", IdentityScp(port=104).profile(
+        user_identity="username-passcode", passcode_env="PACS_PASSCODE"))
+    result = medimg("config", "validate", config=config)
+    assert result.code == 2
+    assert "[profiles.pacs] username: missing" in result.stderr
+    bad = write_config(tmp_path / "d.toml", IdentityScp(port=104).profile(
+        user_identity="kerberos", username=USER))
+    result = medimg("config", "validate", config=bad)
+    assert result.code == 2 and "user_identity: expected one of username" in result.stderr
