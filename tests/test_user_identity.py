@@ -215,3 +215,21 @@ def test_config_validate_wants_a_username_for_username_identities(tmp_path: Path
         user_identity="kerberos", username=USER))
     result = medimg("config", "validate", config=bad)
     assert result.code == 2 and "user_identity: expected one of username" in result.stderr
+
+
+def test_login_stores_the_passcode_in_the_keyring_for_echo(
+    tmp_path: Path, identity_scp: IdentityScp
+) -> None:
+    from oauth_peer import keyring_env
+
+    env = keyring_env(tmp_path / "keyring.json")
+    config = write_config(tmp_path / "c.toml", identity_scp.profile(
+        user_identity="username-passcode", username=USER))
+    login = medimg("login", "pacs", "--stdin", config=config, env=env, input=PASSCODE + "\n")
+    assert login.code == 0, login.stderr
+    assert "Stored the passcode of profile 'pacs'" in login.stderr
+    before = len(identity_scp.seen)
+    result = medimg("echo", "pacs", config=config, env=env)
+    assert result.code == 0, result.stderr
+    assert identity_scp.seen[before:] == [(2, USER.encode(), PASSCODE.encode())]
+    assert PASSCODE not in login.stdout + login.stderr + result.stdout + result.stderr

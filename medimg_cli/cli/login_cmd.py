@@ -26,6 +26,12 @@ _STATIC = {
     "bearer": ("token", "Bearer token"),
     "api-key": ("api_key", "API key"),
 }
+# DIMSE profiles with a user identity (dimse/user_identity.py): keyring entry and label.
+_DIMSE_IDENTITY = {
+    "username-passcode": ("passcode", "Passcode"),
+    "jwt": ("identity_token", "JSON Web Token"),
+    "saml": ("identity_token", "SAML assertion"),
+}
 
 
 def _need_http(profile: Profile, command: str) -> str:
@@ -92,11 +98,12 @@ def login_command(
     """
     rt = runtime(ctx)
     profile = rt.profile(profile_name)
-    kind = _need_http(profile, "login")
-    if kind in _STATIC:
+    identity = profile.get("user_identity") if profile.type == "dimse" else None
+    kind = str(identity) if identity in _DIMSE_IDENTITY else _need_http(profile, "login")
+    if kind in _STATIC or kind in _DIMSE_IDENTITY:
         from medimg_cli.secrets import keyring_available, keyring_set
 
-        entry, label = _STATIC[kind]
+        entry, label = _STATIC[kind] if kind in _STATIC else _DIMSE_IDENTITY[kind]
         if not keyring_available():
             keyring_set(profile.name, entry, "", label.lower())  # raises the one-line error
         value = _read_secret(rt, label, stdin)
