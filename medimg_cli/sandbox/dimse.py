@@ -122,7 +122,8 @@ def _decoded_identifier(event: Any) -> Dataset:
                             syntax != "1.2.840.10008.1.2.2")
         except CorruptFileError as exc:
             raise MalformedIdentifier(str(exc)) from None
-    return event.identifier
+    identifier: Dataset = event.identifier
+    return identifier
 
 
 def _pad(raw: bytes, vr: str) -> bytes:
@@ -241,7 +242,83 @@ def install() -> None:
                                   originator_id)
 
     Association.send_c_store = send_c_store  # type: ignore[method-assign]
+    _install_fast_responses()
     _installed = True
+
+
+_RSP_FIELDS = {"C_FIND": 0x8020, "C_GET": 0x8010, "C_MOVE": 0x8021}
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\x00"
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def response_command(primitive: Any) -> bytes | None:
+    """A C-FIND/C-GET/C-MOVE-RSP command set written by hand (PS3.7 9.3.2-9.3.4),
+    or None when the primitive holds something unusual (left to pynetdicom)."""
+    field = _RSP_FIELDS.get(type(primitive).__name__)
+    if (field is None or primitive.MessageIDBeingRespondedTo is None
+            or primitive.Status is None or not primitive.AffectedSOPClassUID
+            or getattr(primitive, "ErrorComment", None) is not None
+            or getattr(primitive, "OffendingElement", None) is not None):
+        return None
+    identifier = primitive.Identifier
+    has_data = identifier is not None and bool(identifier.getvalue())
+    parts = [
+        _command_element(0x0002, str(primitive.AffectedSOPClassUID).encode("ascii")),
+        _command_element(0x0100, struct.pack("<H", field)),
+        _command_element(0x0120, struct.pack("<H", int(primitive.MessageIDBeingRespondedTo))),
+        _command_element(0x0800, struct.pack("<H", 0x0000 if has_data else 0x0101)),
+        _command_element(0x0900, struct.pack("<H", int(primitive.Status))),
+    ]
+    if field != 0x8020:
+        for element, name in ((0x1020, "NumberOfRemainingSuboperations"),
+                              (0x1021, "NumberOfCompletedSuboperations"),
+                              (0x1022, "NumberOfFailedSuboperations"),
+                              (0x1023, "NumberOfWarningSuboperations")):
+            number = getattr(primitive, name, None)
+            if number is not None:
+                parts.append(_command_element(element, struct.pack("<H", int(number))))
+    body = b"".join(parts)
+    return _command_element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def _install_fast_responses() -> None:
+    """Send Q/R responses without pydicom encoding their command sets (the largest cost
+    of each C-FIND match, PERFORMANCE.md); -vv (fastpath disabled) goes the usual way."""
+    from pynetdicom import dimse
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from medimg_cli.dimse import fastpath
+
+    original_send = dimse.DIMSEServiceProvider.send_msg
+
+    def send_msg(self: Any, primitive: Any, context_id: int) -> None:
+        command = response_command(primitive) if fastpath.enabled else None
+        max_pdu = int(self.maximum_pdu_size or 0)
+        if command is None or (max_pdu and max_pdu < 1024):
+            original_send(self, primitive, context_id)
+            return
+        fragment = max_pdu - 6 if max_pdu else 1 << 22
+        identifier = primitive.Identifier
+        data = identifier.getvalue() if identifier is not None else b""
+        items: list[tuple[int, bytes]] = [(context_id, b"\x03" + command)]
+        for i in range(0, len(data), fragment):
+            last = i + fragment >= len(data)
+            items.append((context_id, (b"\x02" if last else b"\x00") + data[i : i + fragment]))
+        size = 0
+        pdata = P_DATA()
+        for item in items:
+            if size and max_pdu and size + len(item[1]) + 4 > max_pdu - 6:
+                self.dul.send_pdu(pdata)
+                pdata, size = P_DATA(), 0
+            pdata.presentation_data_value_list.append(item)
+            size += len(item[1]) + 4
+        self.dul.send_pdu(pdata)
+
+    dimse.DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
 
 
 def _stored_ref(ref: InstanceRef) -> Dataset:
