@@ -302,12 +302,15 @@ def test_move_over_tls_to_a_tls_receiver(tmp_path: Path, certs: CertSet,
 def test_move_to_a_plain_receiver_gets_nothing_and_says_so(
     tmp_path: Path, certs: CertSet, tls_orthanc: tuple[Orthanc, int], dicom_data: Manifest
 ) -> None:
-    """Without receive_tls, Orthanc's TLS sub-associations fail: the move must not hang."""
+    """Without receive_tls, Orthanc's TLS sub-associations fail: the move must not hang,
+    and the warning names the cause."""
     study = dicom_data.studies[0]
     config = write_config(tmp_path / "c.toml", orthanc_profile(tls_orthanc, certs))
     result = medimg("move", "pacs", study.study_uid, "--out", str(tmp_path / "out"),
                     config=config, timeout=60)
     assert result.code in (5, 6), result.stderr
+    assert "opened a TLS connection to our receiver" in result.stderr
+    assert "set receive_tls = true" in result.stderr
     assert not list((tmp_path / "out").rglob("*.dcm"))
 
 
@@ -320,3 +323,18 @@ def test_get_over_tls(tmp_path: Path, certs: CertSet, tls_orthanc: tuple[Orthanc
     assert result.code == 0, result.stderr
     expected = [i for i in dicom_data.instances if i.study_uid == study.study_uid]
     assert len(list(out.rglob("*.dcm"))) == len(expected) > 0
+
+
+def test_plain_request_to_orthanc_tls_port(tmp_path: Path,
+                                           tls_orthanc: tuple[Orthanc, int]) -> None:
+    peer, _ = tls_orthanc
+    code, line = diagnosis(tmp_path, peer.profile_toml("pacs", timeout=10))
+    assert code == 3, line
+    assert "DICOM TLS" in line and "set tls = true" in line
+
+
+def test_tls_request_to_orthanc_plain_port(tmp_path: Path, certs: CertSet,
+                                           orthanc: Orthanc) -> None:
+    code, line = diagnosis(tmp_path, tls_profile("pacs", orthanc, certs))
+    assert code == 3, line
+    assert "does not answer in TLS" in line

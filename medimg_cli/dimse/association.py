@@ -28,6 +28,7 @@ log = logging.getLogger("medimg.dimse")
 
 POLL_SECONDS = 0.5
 TLS_HANDSHAKE_SECONDS = 30.0  # for a peer connecting to our TLS receiver
+PEEK_SECONDS = 0.5  # how long our plain receiver waits for a peer's first bytes
 # Receivers bind with SO_REUSEPORT, so that parallel workers share one port.
 REUSE_PORT = False
 _tuned = False
@@ -126,6 +127,7 @@ def tune() -> None:
                 return _tls_request(self)
             client, address = original_get_request(self)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _warn_if_tls(client, address)
             return client, address
 
         AssociationSocket._create_socket = create_socket  # type: ignore[method-assign]
@@ -135,6 +137,28 @@ def tune() -> None:
 
         fastpath.install()
         _tuned = True
+
+
+def _warn_if_tls(client: socket.socket, address: tuple[str, int]) -> None:
+    """A peer that opens TLS on our plain receiver: say so (its images never arrive).
+
+    Peeks at the first bytes (a peer sends its request at once; a silent one
+    costs at most PEEK_SECONDS of the accept loop).
+    """
+    from medimg_cli.dimse.tls import looks_like_tls
+
+    previous = client.gettimeout()
+    try:
+        client.settimeout(PEEK_SECONDS)
+        first = client.recv(3, socket.MSG_PEEK)
+    except OSError:
+        return
+    finally:
+        client.settimeout(previous)
+    if looks_like_tls(first):
+        log.warning("%s:%s opened a TLS connection to our receiver, which speaks plain "
+                    "DICOM: set receive_tls = true (with cert_file and key_file) in the "
+                    "profile", address[0], address[1])
 
 
 def _tls_request(server: Any) -> tuple[socket.socket, tuple[str, int]]:
