@@ -239,3 +239,28 @@ def test_parallel_stow_workers_write_into_the_same_trace(
     assert text.count("A-ASSOCIATE-RQ") == 2
     assert text.count("C-STORE-RSP") == len(dicom_data.instances)
     assert text.count("# medimg") == 1  # the workers appended; none started a new trace
+
+
+def test_wadoget_trace_describes_the_multipart_answer_without_its_content(
+    tmp_path: Path, web_config: Path, dicom_data: Manifest
+) -> None:
+    study = dicom_data.studies[0]
+    trace = tmp_path / "wado.trace"
+    out = tmp_path / "out"
+    result = medimg("--trace", str(trace), "wadoget", "web", study.study_uid, "--out",
+                    str(out), config=web_config, env={"WEB_TOKEN": TOKEN})
+    assert result.code == 0, result.stderr
+    assert len(list(out.rglob("*.dcm"))) == len(dicom_data.instances_of_study(study.study_uid))
+    text = trace.read_text()
+    assert f"/studies/{study.study_uid}" in text
+    assert "<body: multipart/related" in text and "not traced>" in text
+    assert TOKEN not in text
+    assert leaked(text, phi_values(dicom_data)) == []
+
+
+def test_vv_log_of_a_dimse_find_has_no_phi(config: Path, dicom_data: Manifest) -> None:
+    result = medimg("-vv", "find", "pacs", "--patient-id", "PAT003", config=config)
+    assert result.code == 0, result.stderr
+    assert "A-ASSOCIATE" in result.stderr or "Association" in result.stderr
+    assert leaked(result.stderr, phi_values(dicom_data)) == []
+    assert "PAT003" in result.stdout
