@@ -1,6 +1,7 @@
 # make test    - create .venv if missing, install medimg with its test extra,
 #                run ruff, mypy and pytest (the README's test command; CI runs it)
-# make demo    - start a local Orthanc with generated studies, run echo and find on it
+# make demo    - install medimg, start `medimg sandbox` (local PACS + DICOMweb + FHIR)
+#                in the background and tour the main commands on it; no other server needed
 # make completions - regenerate completions/ from the app
 # make bench   - benchmarks (bench/), comparing with DCMTK and pynetdicom's apps,
 #                curl and dicomweb-client (installs the bench extra)
@@ -28,7 +29,7 @@ peers:
 test: lint peers
 	$(BIN)/pytest
 
-demo: $(STAMP) peers
+demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 completions: $(STAMP)

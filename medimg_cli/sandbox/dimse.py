@@ -420,9 +420,10 @@ class DimseServer:
         self.say(f"dimse: association from {self._who(event)} to {called} accepted")
 
     def on_rejected(self, event: Any) -> None:
+        primitive = getattr(event.assoc.requestor, "primitive", None)
+        called = str(getattr(primitive, "called_ae_title", "") or "?").strip()
         self.say(f"dimse: association from {self._who(event)} rejected "
-                 f"(called AE title '{str(event.assoc.acceptor.ae_title).strip()}' is not "
-                 f"'{self.settings.aet}')")
+                 f"(called AE title '{called}' is not '{self.settings.aet}')")
 
     def on_closed(self, event: Any) -> None:
         with self._lock:
