@@ -109,7 +109,17 @@ def _min_version(context: ssl.SSLContext, settings: TlsSettings) -> None:
     )
 
 
+_SOCKET_CLASS: Any = None
+
+
 def _socket_class() -> type[ssl.SSLSocket]:
+    global _SOCKET_CLASS
+    if _SOCKET_CLASS is None:
+        _SOCKET_CLASS = _make_socket_class()
+    return _SOCKET_CLASS  # type: ignore[no-any-return]
+
+
+def _make_socket_class() -> type[ssl.SSLSocket]:
     import ssl
 
     class RecordingSocket(ssl.SSLSocket):
@@ -166,6 +176,21 @@ def _socket_class() -> type[ssl.SSLSocket]:
     return RecordingSocket
 
 
+_warned: set[str] = set()
+
+
+def _warn_unverified(settings: TlsSettings) -> None:
+    """Once per profile and process (a move opens several associations)."""
+    if settings.profile in _warned:
+        return
+    _warned.add(settings.profile)
+    log.warning(
+        "profile '%s': tls_verify = false: the PACS's certificate is not checked "
+        "(anyone on the network path can read and change the exchange)",
+        settings.profile,
+    )
+
+
 def client_context(settings: TlsSettings) -> ssl.SSLContext:
     """A fresh client context (one per association: it carries that connection's record)."""
     import ssl
@@ -188,11 +213,7 @@ def client_context(settings: TlsSettings) -> ssl.SSLContext:
     else:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        log.warning(
-            "profile '%s': tls_verify = false: the PACS's certificate is not checked "
-            "(anyone on the network path can read and change the exchange)",
-            settings.profile,
-        )
+        _warn_unverified(settings)
     _load_own_certificate(context, settings)
     context.sslsocket_class = _socket_class()
     context.medimg_record = TlsRecord()  # type: ignore[attr-defined]
