@@ -422,3 +422,58 @@ def test_help_lists_the_options() -> None:
     for option in ("--data", "--dicom-port", "--http-port", "--aet", "--move-dest",
                    "--write-profiles", "--empty"):
         assert option in result.stdout
+
+
+def test_c_get_converts_when_the_requestor_takes_only_implicit_vr(
+    sandbox: Sandbox, dicom_data: Manifest
+) -> None:
+    """Files are stored in Explicit VR Little Endian; a C-GET requestor that accepts only
+    Implicit VR still gets them (decoded and re-encoded, values intact)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import build_role
+
+    series = next(se for se in dicom_data.series if se.modality == "CT")
+    received: list[Dataset] = []
+
+    def on_store(event: Any) -> int:
+        assert event.context.transfer_syntax == "1.2.840.10008.1.2"
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="PYTEST")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.2.2.3")  # Study Root Get
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2"])  # CT, implicit
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
+    assoc = ae.associate(LOOPBACK, sandbox.port, ae_title=sandbox.aet,
+                         ext_neg=[build_role("1.2.840.10008.5.1.4.1.1.2", scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    ds.StudyInstanceUID = series.study_uid
+    ds.SeriesInstanceUID = series.series_uid
+    try:
+        finals = [int(s.Status) for s, _ in assoc.send_c_get(ds, "1.2.840.10008.5.1.4.1.2.2.3")
+                  if s and s.Status not in (0xFF00, 0xFF01)]
+    finally:
+        assoc.release()
+    assert finals == [0x0000]
+    expected = dicom_data.instances_of_series(series.series_uid)
+    assert {str(d.SOPInstanceUID) for d in received} == {i.sop_instance_uid for i in expected}
+    for d in received:
+        source = pydicom.dcmread(next(i.path for i in expected
+                                      if i.sop_instance_uid == str(d.SOPInstanceUID)))
+        assert d.PixelData == source.PixelData and d.PatientName == source.PatientName
+
+
+def test_help_loads_neither_pynetdicom_nor_sqlite() -> None:
+    probe = (
+        "import io, contextlib, sys\nfrom medimg_cli.cli.app import run\n"
+        "for argv in (['--help'], ['sandbox', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n            run(argv)\n        except SystemExit:\n            pass\n"
+        "print(','.join(m for m in ('pynetdicom', 'pydicom', 'sqlite3', 'http.server',\n"
+        "      'medimg_cli.sandbox.store') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == ""
