@@ -349,3 +349,77 @@ def test_fhir_metadata_and_echo(config: Path, sandbox: Sandbox) -> None:
         "Patient", "ImagingStudy", "DiagnosticReport"}
     echo = medimg("echo", "ehr", config=config)
     assert echo.code == 0, echo.stderr
+
+
+def decode_png(data: bytes) -> tuple[int, int, bytes]:
+    """(width, height, gray pixels) of an 8-bit grayscale PNG (all five filter types)."""
+    import struct
+    import zlib
+
+    pos, idat, width, height = 8, b"", 0, 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height = struct.unpack(">II", body[:8])
+            assert body[8:10] == b"\x08\x00", "8-bit grayscale expected"
+        elif kind == b"IDAT":
+            idat += body
+    raw = zlib.decompress(idat)
+    rows, previous = [], bytes(width)
+    for y in range(height):
+        kind_of_filter = raw[y * (width + 1)]
+        line = bytearray(raw[y * (width + 1) + 1 : (y + 1) * (width + 1)])
+        for x in range(width):
+            a = line[x - 1] if x else 0
+            b = previous[x]
+            c = previous[x - 1] if x else 0
+            if kind_of_filter == 1:
+                line[x] = (line[x] + a) & 255
+            elif kind_of_filter == 2:
+                line[x] = (line[x] + b) & 255
+            elif kind_of_filter == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif kind_of_filter == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line))
+        previous = bytes(line)
+    return width, height, b"".join(rows)
+
+
+def test_rendered_png_is_orthancs_and_jpeg_decodes(sandbox: Sandbox, orthanc: Orthanc,
+                                                    dicom_data: Manifest, tmp_path: Path) -> None:
+    import urllib.request
+
+    import pydicom
+    from peers import run_dcmtk
+
+    inst = next(i for i in dicom_data.instances if i.rows == 16)
+    path = (f"/dicom-web/studies/{inst.study_uid}/series/{inst.series_uid}/instances/"
+            f"{inst.sop_instance_uid}/rendered")
+
+    def rendered(peer: Sandbox | Orthanc, accept: str) -> tuple[str, bytes]:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        req = urllib.request.Request(f"{peer.http_url}{path}", headers={"Accept": accept})
+        with opener.open(req, timeout=30) as resp:
+            return resp.headers["Content-Type"], resp.read()
+
+    kind, ours = rendered(sandbox, "image/png")
+    assert kind == "image/png"
+    _, theirs = rendered(orthanc, "image/png")
+    assert decode_png(ours) == decode_png(theirs)  # same windowing, same pixels
+    kind, jpeg = rendered(sandbox, "image/jpeg")
+    assert kind == "image/jpeg" and jpeg[:2] == b"\xff\xd8" and jpeg[-2:] == b"\xff\xd9"
+    # DCMTK (libijg) decodes it to nearly the same pixels (quality 90)
+    (tmp_path / "r.jpg").write_bytes(jpeg)
+    assert run_dcmtk(["img2dcm", str(tmp_path / "r.jpg"), str(tmp_path / "r.dcm")]
+                     ).returncode == 0
+    assert run_dcmtk(["dcmdjpeg", str(tmp_path / "r.dcm"), str(tmp_path / "d.dcm")]
+                     ).returncode == 0
+    decoded = bytes(pydicom.dcmread(tmp_path / "d.dcm").PixelData)
+    _, _, png_pixels = decode_png(ours)
+    assert len(decoded) == len(png_pixels) == inst.rows * inst.columns
+    assert sum(abs(a - b) for a, b in zip(decoded, png_pixels, strict=True)) / len(decoded) < 8

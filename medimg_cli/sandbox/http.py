@@ -205,7 +205,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         names = parts[0::2]
         uids = parts[1::2]
         for uid in uids:
-            if uid not in ("metadata", "frames", "rendered", "bulk") and not _UID.match(uid):
+            if uid not in ("metadata", "frames", "rendered", "bulk") and not _UID.match(uid) \
+                    and not (names and names[-1] == "frames" and uid == parts[-1]):
                 raise HttpError(400, f"'{uid}' is not a UID")
         shape = "/".join(names)
         # QIDO-RS
@@ -222,6 +223,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 "studies/metadata", "studies/series/metadata",
                 "studies/series/instances/metadata"):
             self._metadata(parts[1:-1:2])
+            return
+        if parts and parts[-1] == "rendered" and shape in (
+                "studies/series/instances/rendered", "studies/series/instances/frames/rendered"):
+            self._rendered(parts[1], parts[3], parts[5], parts[7] if len(parts) == 9 else "1",
+                           query)
             return
         if len(parts) == 8 and parts[6] == "frames":
             self._frames(parts[1], parts[3], parts[5], parts[7])
@@ -363,6 +369,33 @@ class SandboxHandler(BaseHTTPRequestHandler):
             + frames[n - 1] + b"\r\n" for n in numbers) + f"--{boundary}--\r\n".encode("ascii")
         self._send_bytes(200, body, f'multipart/related; type="{content_type}"; '
                          f"boundary={boundary}")
+
+    def _rendered(self, study: str, series: str, sop: str, frame: str, query: str) -> None:
+        from medimg_cli.sandbox.render import RenderError, jpeg, png, render
+
+        accept = (self.headers.get("Accept") or "*/*").lower()
+        kind = "image/png" if "image/png" in accept and "image/jpeg" not in accept.split(
+            "image/png")[0] else "image/jpeg"
+        if not any(t in accept for t in ("image/png", "image/jpeg", "image/*", "*/*")):
+            raise HttpError(406, f"cannot render as {accept}: image/jpeg or image/png")
+        if not frame.isdigit():
+            raise HttpError(400, f"'{frame}' is not a frame number")
+        window: tuple[float, float] | None = None
+        for name, value in parse_qsl(query):
+            if name == "window":
+                try:
+                    center, width_text = value.split(",")[:2]
+                    window = (float(center), float(width_text))
+                except ValueError:
+                    raise HttpError(400, f"window='{value}' is not center,width[,function]"
+                                    ) from None
+        (ref,) = self._refs([study, series, sop])
+        try:
+            width, height, channels, pixels = render(ref.path, int(frame), window)
+        except RenderError as exc:
+            raise HttpError(400 if "does not exist" not in str(exc) else 404, str(exc)) from None
+        body = (png if kind == "image/png" else jpeg)(width, height, channels, pixels)
+        self._send_bytes(200, body, kind)
 
     # -- STOW-RS
 
