@@ -168,6 +168,11 @@ def test_wado_metadata_and_frames(config: Path, tmp_path: Path, sandbox: Sandbox
     assert {d[SOP_UID]["Value"][0] for d in docs} == {
         i.sop_instance_uid for i in dicom_data.instances_of_study(inst.study_uid)}
     assert all("BulkDataURI" in d["7FE00010"] for d in docs)
+    mine = next(d for d in docs if d[SOP_UID]["Value"][0] == inst.sop_instance_uid)
+    bulk = mine["7FE00010"]["BulkDataURI"].removeprefix(sandbox.http_url)
+    status, _, body = sandbox.get(bulk, "multipart/related; "
+                                  'type="application/octet-stream"')
+    assert status == 200 and pydicom.dcmread(inst.path).PixelData in body
     out = tmp_path / "frames"
     run(config, "wadoget", "web", "--frames", "1", "--out", str(out), inst.study_uid,
         inst.series_uid, inst.sop_instance_uid)

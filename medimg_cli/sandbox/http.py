@@ -206,7 +206,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         uids = parts[1::2]
         for uid in uids:
             if uid not in ("metadata", "frames", "rendered", "bulk") and not _UID.match(uid) \
-                    and not (names and names[-1] == "frames" and uid == parts[-1]):
+                    and not (names[-1] in ("frames", "bulk") and uid == parts[-1]):
                 raise HttpError(400, f"'{uid}' is not a UID")
         shape = "/".join(names)
         # QIDO-RS
@@ -228,6 +228,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 "studies/series/instances/rendered", "studies/series/instances/frames/rendered"):
             self._rendered(parts[1], parts[3], parts[5], parts[7] if len(parts) == 9 else "1",
                            query)
+            return
+        if len(parts) == 8 and shape == "studies/series/instances/bulk":
+            self._bulk(parts[1], parts[3], parts[5], parts[7])
             return
         if len(parts) == 8 and parts[6] == "frames":
             self._frames(parts[1], parts[3], parts[5], parts[7])
@@ -368,6 +371,22 @@ class SandboxHandler(BaseHTTPRequestHandler):
             f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii")
             + frames[n - 1] + b"\r\n" for n in numbers) + f"--{boundary}--\r\n".encode("ascii")
         self._send_bytes(200, body, f'multipart/related; type="{content_type}"; '
+                         f"boundary={boundary}")
+
+    def _bulk(self, study: str, series: str, sop: str, tag: str) -> None:
+        """The pixel data a metadata BulkDataURI points at (the only bulk data served)."""
+        if tag.lower() != "7fe00010":
+            raise HttpError(404, f"no bulk data {tag} (only the pixel data, 7fe00010)")
+        from pydicom import dcmread
+
+        (ref,) = self._refs([study, series, sop])
+        ds = dcmread(ref.path)
+        if "PixelData" not in ds:
+            raise HttpError(404, "the instance has no pixel data")
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n"
+                .encode("ascii") + bytes(ds.PixelData) + f"\r\n--{boundary}--\r\n".encode())
+        self._send_bytes(200, body, 'multipart/related; type="application/octet-stream"; '
                          f"boundary={boundary}")
 
     def _rendered(self, study: str, series: str, sop: str, frame: str, query: str) -> None:
