@@ -111,6 +111,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             else:
                 raise HttpError(404, f"nothing at {path}; try /dicom-web or /fhir")
         except HttpError as exc:
+            if method in ("POST", "PUT"):  # the body may be unread: do not reuse the connection
+                self.close_connection = True
             self._send_error(exc.status, exc.message)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True

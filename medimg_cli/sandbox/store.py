@@ -137,6 +137,16 @@ def split_part10(data: bytes) -> tuple[dict[int, str], int]:
 def header_json(dataset: bytes, transfer_syntax: str) -> dict[str, Any]:
     """The DICOM JSON of a data set's header: everything before the pixel data,
     without bulk data and private elements, text decoded to Unicode."""
+    if transfer_syntax in (IMPLICIT_LE, EXPLICIT_LE):
+        from medimg_cli.dimse.dicomjson import elements_to_json, parse_flat
+
+        elements = parse_flat(dataset, transfer_syntax == IMPLICIT_LE)
+        if elements is not None:  # no sequences: the fast reader (same JSON as pydicom)
+            kept = [e for e in elements if e[0] < PIXEL_DATA and not (e[0] >> 16) & 1
+                    and e[0] >> 16 != 0x0002 and e[1] not in _BINARY_VRS]
+            fast = elements_to_json(kept)
+            if fast is not None:
+                return fast
     from pydicom.filereader import read_dataset
 
     if transfer_syntax == DEFLATED_LE:
