@@ -66,6 +66,8 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "movescu": "dcmtk",
     "getscu": "dcmtk",
     "dcmdump": "dcmtk",
+    "img2dcm": "dcmtk",
+    "dcmdjpeg": "dcmtk",
 }
 
 # Orthanc lives in /usr/sbin, which is not on every user's PATH.

@@ -368,9 +368,10 @@ def test_write_profiles_adds_three_and_leaves_the_rest(tmp_path: Path) -> None:
     assert loaded.profile("zz").endpoint == "https://x/dicom-web"
 
 
-def test_write_profiles_from_the_command_line_then_echo(tmp_path: Path) -> None:
+def test_write_profiles_from_the_command_line_then_echo_and_own_receiver(tmp_path: Path) -> None:
     dicom_port, http_port = free_port(), free_port()
     config = tmp_path / "config.toml"
+    config.write_text('[defaults]\ncalling_aet = "ME"\nreceive_port = 4321\n')
     proc = subprocess.Popen(
         [sys.executable, "-m", "medimg_cli", "--config", str(config), "sandbox",
          "--data", str(tmp_path / "data"), "--empty", "--dicom-port", str(dicom_port),
@@ -389,7 +390,8 @@ def test_write_profiles_from_the_command_line_then_echo(tmp_path: Path) -> None:
         output, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert f"SANDBOX@127.0.0.1:{dicom_port}" in output
-    assert "C-ECHO from MEDIMG@127.0.0.1" in output
+    assert "C-ECHO from ME@127.0.0.1" in output
+    assert "C-MOVE to ME=127.0.0.1:4321" in output  # medimg's own receiver, by default
     assert "stopping" in output
 
 

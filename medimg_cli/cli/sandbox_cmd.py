@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from medimg_cli.cli.options import runtime
+from medimg_cli.cli.runtime import Runtime
 from medimg_cli.errors import UsageError
 
 SANDBOX_PROFILES = ("sandbox", "sandbox-web", "sandbox-fhir")
@@ -70,6 +71,18 @@ def write_profiles(config_path: Path, host: str, dicom_port: int, http_port: int
     write_atomic(config_path, text.encode("utf-8"))
 
 
+def own_receiver(rt: Runtime) -> str:
+    """medimg's own receiver as a move destination: ``[defaults]`` calling_aet and
+    receive_port of the config (MEDIMG=127.0.0.1:11113 when there is none)."""
+    from medimg_cli.errors import MedimgError
+
+    try:
+        defaults = rt.config().defaults
+        return f"{defaults.calling_aet}=127.0.0.1:{defaults.receive_port or 11113}"
+    except MedimgError:  # no usable config: the built-in defaults
+        return "MEDIMG=127.0.0.1:11113"
+
+
 def sandbox_command(
     ctx: typer.Context,
     *,
@@ -91,8 +104,9 @@ def sandbox_command(
     move_dest: Annotated[
         list[str] | None,
         typer.Option("--move-dest", metavar="AET=HOST:PORT",
-                     help="A C-MOVE destination (repeatable). Default: MEDIMG at "
-                     "127.0.0.1:11113, medimg's own receiver.", show_default=False),
+                     help="A C-MOVE destination (repeatable). Default: medimg's own "
+                     "receiver, calling_aet and receive_port of [defaults] at 127.0.0.1 "
+                     "(MEDIMG=127.0.0.1:11113).", show_default=False),
     ] = None,
     empty: Annotated[
         bool,
@@ -118,7 +132,7 @@ def sandbox_command(
     except ValueError as exc:
         raise UsageError(f"--aet '{aet}': {exc}") from None
     dests: dict[str, Destination] = {}
-    for item in move_dest or ["MEDIMG=127.0.0.1:11113"]:
+    for item in move_dest or [own_receiver(rt)]:
         try:
             dest = parse_destination(item)
         except ValueError as exc:
