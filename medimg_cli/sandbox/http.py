@@ -82,6 +82,7 @@ def _qido_value(vr: str, value: str) -> str:
 class SandboxHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "medimg-sandbox"
+    timeout = 120  # an idle keep-alive connection is closed after this many seconds
     server: SandboxHttpServer
 
     def log_message(self, format: str, *args: Any) -> None:
