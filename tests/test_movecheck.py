@@ -46,6 +46,8 @@ def test_move_check_passes_when_the_pacs_knows_our_ae(
     assert causes["destination-unknown"] == "ruled out"
     assert causes["port-busy"] == "ruled out"
     assert causes["firewall"] == "ruled out"
+    # an image that arrived proves our receiver and the PACS agree on TLS or plain
+    assert causes["receiver-mismatch"] == "ruled out"
     assert "FOUND" not in causes.values()
 
 

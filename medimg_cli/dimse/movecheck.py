@@ -431,7 +431,7 @@ def _exchange(target: Target, aet: str, result: MoveCheckResult, state: _State, 
         result.checks[:] = [Check(c.name, "info", c.detail) if c.name == "move of nothing"
                             else c for c in result.checks]
         state.ruled_out.update({"destination-unknown", "wrong-address", "firewall",
-                                "storage-rejected"})
+                                "storage-rejected", "receiver-mismatch"})
         result.checks.append(Check(
             "move destination", "ok", f"the PACS knows '{aet}' as a move destination"))
         result.checks.append(Check(
