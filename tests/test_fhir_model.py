@@ -75,6 +75,16 @@ def test_study_uids_from_urn_dicom_uid_identifiers_only() -> None:
     assert model.study_uids({}) == []
 
 
+def test_study_modalities_column_is_the_codes_once_each() -> None:
+    dcm = "http://dicom.nema.org/resources/ontology/DCM"
+    study = {"resourceType": "ImagingStudy", "id": "s1",
+             "modality": [{"system": dcm, "code": "CT"}, {"system": dcm, "code": "PT"}],
+             "series": [{"uid": "1.2", "modality": {"system": dcm, "code": "CT"}},
+                        {"uid": "1.3", "modality": {"system": dcm, "code": "SR"}}]}
+    cells = {h: get(study, {}) for h, get in model.columns_for("ImagingStudy")}
+    assert cells["Modalities"] == "CT,PT,SR"
+
+
 def test_generic_columns_for_types_without_their_own() -> None:
     headers = [h for h, _ in model.columns_for("Observation")]
     assert headers == ["Type", "ID", "Status", "Summary", "Updated"]

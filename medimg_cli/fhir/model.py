@@ -145,7 +145,9 @@ def _field(key: str) -> Callable[[Resource, Included], str]:
 
 
 def _modalities(study: Resource) -> str:
-    codes = [coding(m) for m in _list(study.get("modality"))]
+    # Modality codes are DICOM's own (CT, MR): the system adds nothing to a table cell.
+    codes = [str(m.get("code") or m.get("display") or "") if isinstance(m, dict) else ""
+             for m in _list(study.get("modality"))]
     for series in _list(study.get("series")):
         if isinstance(series, dict):
             codes.append(str((series.get("modality") or {}).get("code") or ""))
