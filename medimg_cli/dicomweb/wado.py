@@ -15,7 +15,6 @@ import itertools
 import logging
 import os
 import re
-import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -154,36 +153,10 @@ def metadata(client: httpx.Client, items: Sequence[RetrieveItem]) -> list[dict[s
 # Reading a part's file meta and layout attributes
 
 
-def parse_file_meta(head: bytes) -> tuple[dict[int, str], int]:
-    """The file meta elements (text values by element number) and where the dataset starts."""
-    if len(head) < 132 or head[128:132] != b"DICM":
-        raise ValueError("no DICM prefix")
-    pos = 132
-    values: dict[int, str] = {}
-    while pos + 8 <= len(head):
-        group, elem = struct.unpack_from("<HH", head, pos)
-        if group != 0x0002:
-            break
-        vr = head[pos + 4 : pos + 6]
-        if vr in (b"OB", b"OW", b"UN", b"UT", b"SQ", b"UC", b"UR"):
-            (length,) = struct.unpack_from("<I", head, pos + 8)
-            pos += 12
-        else:
-            (length,) = struct.unpack_from("<H", head, pos + 6)
-            pos += 8
-        if pos + length > len(head):
-            raise ValueError("file meta runs past the data")
-        if vr in (b"UI", b"SH", b"AE", b"CS", b"LO"):
-            values[elem] = head[pos : pos + length].rstrip(b"\x00 ").decode("ascii", "replace")
-        pos += length
-    if not values.get(0x0010) or not values.get(0x0003):
-        raise ValueError("file meta without transfer syntax or SOP instance UID")
-    return values, pos
-
-
 def layout_values(head: bytes, layout: Layout) -> dict[str, str]:
     """The layout attributes of a Part 10 file, from its first bytes."""
     from medimg_cli.dimse.receive import read_header
+    from medimg_cli.part10 import parse_file_meta
 
     meta, start = parse_file_meta(head)
     wanted = {t for t in (*layout.tags, 0x0020000D) if t not in (0x00080018, 0x00080016)}

@@ -108,30 +108,12 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae
 
 def split_part10(data: bytes) -> tuple[dict[int, str], int]:
     """The file meta UIDs of a Part 10 file (element -> value) and where the data set starts."""
-    if len(data) < 144 or data[128:132] != b"DICM":
-        raise NotStorable("not a DICOM file (no 'DICM' at byte 128)")
-    pos, values = 132, {}
-    while pos + 8 <= len(data):
-        group, elem = struct.unpack_from("<HH", data, pos)
-        if group != 0x0002:
-            break
-        vr = data[pos + 4 : pos + 6]
-        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
-            (length,) = struct.unpack_from("<I", data, pos + 8)
-            pos += 12
-        else:
-            (length,) = struct.unpack_from("<H", data, pos + 6)
-            pos += 8
-        if pos + length > len(data):
-            raise NotStorable("the file meta is truncated")
-        if elem in (0x0002, 0x0003, 0x0010):
-            values[elem] = data[pos : pos + length].rstrip(b"\x00 ").decode("ascii", "replace")
-        pos += length
-    for elem, name in ((0x0002, "MediaStorageSOPClassUID"),
-                       (0x0003, "MediaStorageSOPInstanceUID"), (0x0010, "TransferSyntaxUID")):
-        if not values.get(elem):
-            raise NotStorable(f"the file meta lacks {name}")
-    return values, pos
+    from medimg_cli.part10 import REQUIRED, parse_file_meta
+
+    try:
+        return parse_file_meta(data, REQUIRED)
+    except ValueError as exc:
+        raise NotStorable(f"not a DICOM Part 10 file: {exc}") from None
 
 
 def header_json(dataset: bytes, transfer_syntax: str) -> dict[str, Any]:
