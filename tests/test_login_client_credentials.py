@@ -146,28 +146,37 @@ def test_backend_services_with_the_wrong_key_is_refused(tmp_path: Path,
     assert "invalid_client" in result.stderr
 
 
-def test_keygen_writes_a_jwks_the_server_accepts(tmp_path: Path,
-                                                 oauth_server: OAuthServer) -> None:
+@pytest.mark.parametrize(("alg", "kty", "private_members"), [
+    ("ES384", "EC", {"d"}),
+    ("RS384", "RSA", {"d", "p", "q", "dp", "dq", "qi"}),
+])
+def test_keygen_writes_a_jwks_the_server_accepts(tmp_path: Path, oauth_server: OAuthServer,
+                                                 alg: str, kty: str,
+                                                 private_members: set[str]) -> None:
     key_file = tmp_path / "keys" / "epic.pem"
     config = write_config(tmp_path / "c.toml", oauth_server.profile_toml(
-        "epic", flow="backend-services", client_id="placeholder", alg="ES384",
+        "epic", flow="backend-services", client_id="placeholder", alg=alg,
         private_key_file=str(key_file)))
     env = keyring_env(tmp_path / "k.json")
     keygen = medimg("login", "epic", "--keygen", config=config, env=env)
     assert keygen.code == 0, keygen.stderr
     jwks = json.loads(keygen.stdout)
     (jwk,) = jwks["keys"]
-    assert jwk["kty"] == "EC" and jwk["alg"] == "ES384" and jwk["kid"] and "d" not in jwk
+    assert jwk["kty"] == kty and jwk["alg"] == alg and jwk["kid"]
+    assert not private_members & set(jwk)  # the public half only
     assert key_file.stat().st_mode & 0o077 == 0
     assert json.loads((tmp_path / "keys" / "epic.jwks.json").read_text()) == jwks
     again = medimg("login", "epic", "--keygen", config=config, env=env)
     assert again.code == 2 and "exists already" in again.stderr
 
     # The EHR registers the JWKS; the profile then names the client id it got.
-    client_id = oauth_server.register_client(jwks, "ES384")
+    client_id = oauth_server.register_client(jwks, alg)
     config.write_text(config.read_text().replace('"placeholder"', json.dumps(client_id)))
     login = medimg("login", "epic", config=config, env=env)
     assert login.code == 0, login.stderr
+    token = medimg("token", "epic", "--print-access-token", config=config, env=env)
+    assert token.code == 0, token.stderr
+    assert jwt_claims(token.stdout.strip(), oauth_server.jwt_secret)["client_id"] == client_id
 
 
 def test_headless_host_without_keyring_uses_the_client_secret_env(
