@@ -85,8 +85,15 @@ _SECRET_EXACT = frozenset({"key", "code", "code_verifier", "sig", "x-api-key", "
                            "device_code", "user_code", "state", "nonce"})
 
 
+# OAuth metadata and token answers name secrets without holding one:
+# token_endpoint, id_token_signing_alg_values_supported, token_type, client_assertion_type.
+_NOT_SECRET_SUFFIXES = ("_endpoint", "_supported", "_uri", "_type", "_type_hint")
+
+
 def is_secret_key(key: str) -> bool:
     k = key.strip().lower()
+    if k.endswith(_NOT_SECRET_SUFFIXES):
+        return False
     return k in _SECRET_EXACT or any(word in k for word in _SECRET_WORDS)
 
 

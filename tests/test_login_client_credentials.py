@@ -232,3 +232,30 @@ def test_endpoints_are_discovered_from_smart_configuration(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("client_id", [POST_CLIENT, RS384_CLIENT])
+def test_traced_login_has_the_token_request_and_no_secret(
+        tmp_path: Path, oauth_server: OAuthServer, client_id: str) -> None:
+    # client_secret_post puts the secret in the form; private_key_jwt an assertion.
+    flow = "client-credentials" if client_id == POST_CLIENT else "backend-services"
+    config = write_config(tmp_path / "c.toml", oauth_server.profile_toml(
+        "ehr", flow=flow, client_id=client_id))
+    store = tmp_path / "k.json"
+    env = {**keyring_env(store), **oauth_server.client_env(client_id)}
+    trace = tmp_path / "login.trace"
+    login = medimg("--trace", str(trace), "login", "ehr", config=config, env=env)
+    assert login.code == 0, login.stderr
+    text = trace.read_text()
+    assert f"> POST {oauth_server.token_url}" in text
+    assert f"< 200 OK for POST {oauth_server.token_url}" in text
+    assert "/.well-known/" in text  # discovery is traced too
+    assert "grant_type=client_credentials" in text
+    access_token = json.loads(testkeyring.read(store)["ehr:oauth"])["access_token"]
+    assert '"access_token": "<secret>"' in text or '"access_token":"<secret>"' in text
+    leaked = [s for s in (*oauth_server.secrets, access_token) if s in text]
+    assert not leaked
+    if client_id == RS384_CLIENT:
+        assert "client_assertion=<secret>" in text and "eyJ" not in text
+    else:
+        assert "client_secret=<secret>" in text

@@ -251,6 +251,40 @@ def test_no_secret_reaches_stdout_stderr_logs_or_the_config(code_login: Login) -
         assert secret[:24] not in text
 
 
+def test_traces_of_login_refresh_and_logout_have_the_oauth_requests_and_no_secret(
+        code_login: Login, tmp_path: Path) -> None:
+    traces = [tmp_path / f"{step}.trace" for step in ("login", "refresh", "logout")]
+    proc = code_login.start("--trace", str(traces[0]))
+    _, page = browser_login(code_login, proc)
+    auth_code = page.url.params["code"]
+    assert finish(proc)[0] == 0
+    stored = code_login.stored()
+    code_login.expire()
+    refreshed = code_login.run("--trace", str(traces[1]), "token", "ehr",
+                               "--print-access-token")
+    assert refreshed.code == 0, refreshed.stderr
+    after = code_login.stored()
+    assert after["access_token"] != stored["access_token"]  # it did refresh
+    assert code_login.run("--trace", str(traces[2]), "logout", "ehr").code == 0
+    login_trace, refresh_trace, logout_trace = (t.read_text() for t in traces)
+
+    token_url = code_login.server.token_url
+    assert f"> POST {token_url}" in login_trace and "grant_type=authorization_code" in login_trace
+    assert "code=<secret>" in login_trace and "code_verifier=<secret>" in login_trace
+    assert f"> POST {token_url}" in refresh_trace
+    assert "grant_type=refresh_token&refresh_token=<secret>" in refresh_trace
+    assert '"refresh_token":"<secret>"' in refresh_trace
+    assert "/token/revocation" in logout_trace and "token=<secret>" in logout_trace
+    secrets = [auth_code, *code_login.server.secrets]
+    secrets += [v for tokens in (stored, after) for k, v in tokens.items()
+                if k.endswith("token") and isinstance(v, str)]
+    assert len(secrets) >= 7
+    text = login_trace + refresh_trace + logout_trace
+    for secret in secrets:
+        assert secret not in text
+        assert secret[:24] not in text
+
+
 def test_parallel_commands_share_one_refresh(code_login: Login) -> None:
     # A rotated refresh token works once (oidc-provider revokes the grant on reuse):
     # parallel commands must not each spend it.

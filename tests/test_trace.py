@@ -213,6 +213,21 @@ def test_secrets_are_hidden_even_without_redaction() -> None:
     assert "hunter2" not in r.text("login failed: password=hunter2")
 
 
+def test_oauth_metadata_stays_readable_and_its_secrets_do_not() -> None:
+    r = Redactor(redact=False)
+    metadata = r.json_text('{"token_endpoint": "https://as/token", "token_endpoint_auth_'
+                           'methods_supported": ["private_key_jwt"], "token_type": "Bearer", '
+                           '"refresh_token": "r1", "id_token": "h.b.s", "device_code": "d1"}')
+    assert '"token_endpoint": "https://as/token"' in metadata
+    assert '["private_key_jwt"]' in metadata and '"token_type": "Bearer"' in metadata
+    assert "r1" not in metadata and "h.b.s" not in metadata and "d1" not in metadata
+    form = r.form("client_assertion_type=urn:x&client_assertion=a.b.c&code=c1&"
+                  "code_verifier=v1&password=p1&token=t1&token_type_hint=refresh_token")
+    assert form == ("client_assertion_type=urn:x&client_assertion=<secret>&code=<secret>&"
+                    "code_verifier=<secret>&password=<secret>&token=<secret>&"
+                    "token_type_hint=refresh_token")
+
+
 def test_json_redaction_works_on_a_cut_off_body() -> None:
     r = Redactor()
     body = ('[{"00100010":{"vr":"PN","Value":[{"Alphabetic":"DOE^JOHN"}]},'

@@ -133,10 +133,15 @@ def settings_for(profile: Profile) -> OAuthSettings:
 
 
 def http_client(settings: OAuthSettings) -> httpx.Client:
-    """An httpx client for the authorization server (the profile's TLS settings)."""
+    """An httpx client for the authorization server (the profile's TLS settings).
+
+    With `--trace FILE` open it carries the same hooks as `open_client`: discovery,
+    token, device and revocation exchanges are traced, their secrets redacted.
+    """
     import httpx
 
     from medimg_cli import __version__
+    from medimg_cli.dicomweb.tracing import event_hooks as trace_hooks
 
     return httpx.Client(
         headers={"User-Agent": f"medimg/{__version__}", "Accept": "application/json"},
@@ -145,6 +150,7 @@ def http_client(settings: OAuthSettings) -> httpx.Client:
         timeout=httpx.Timeout(settings.timeout),
         follow_redirects=True,
         trust_env=True,
+        event_hooks=trace_hooks(),
     )
 
 
