@@ -320,6 +320,32 @@ def test_report_needs_patient_code_and_conclusion(fhir_server: FhirServer, confi
     assert "missing --code, --conclusion" in one_line_error(result)
 
 
+def _no_server_config(tmp_path: Path) -> Path:
+    """A fhir profile nobody answers on: the errors below come before any request."""
+    return write_config(tmp_path / "c.toml", '[profiles.ehr]\ntype = "fhir"\n'
+                        'url = "http://127.0.0.1:9/fhir"\nauth = "none"\n')
+
+
+def test_report_from_a_file_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    path.write_bytes(b"\xff\xfe{}")
+    result = medimg("fhir", "report", "ehr", "--from-file", str(path),
+                    config=_no_server_config(tmp_path))
+    assert result.code == 2
+    assert f"--from-file {path}: not UTF-8 text" in one_line_error(result)
+
+
+@pytest.mark.parametrize(("code", "empty"), [("|", "code"), ("http://loinc.org|", "code"),
+                                             ("|18748-4", "system before '|'")])
+def test_report_with_an_empty_code_or_system_is_a_usage_error(
+    tmp_path: Path, code: str, empty: str
+) -> None:
+    result = medimg("fhir", "report", "ehr", "--patient", "pat001", "--code", code,
+                    "--conclusion", "ok", config=_no_server_config(tmp_path))
+    assert result.code == 2
+    assert one_line_error(result).startswith(f"medimg: --code '{code}': the {empty} is empty;")
+
+
 def test_get_seeded_report_as_table(fhir_server: FhirServer, config: Path) -> None:
     result = fhir(fhir_server, config, "fhir", "get", "ehr", f"DiagnosticReport/{REPORT_ID}",
                   "-f", "table")

@@ -403,6 +403,10 @@ def diagnostic_report(patient: str, code: str, conclusion: str, studies: list[st
     from medimg_cli.fhir.client import check_id
 
     system, sep, value = code.rpartition("|")
+    if not value.strip() or (sep and not system.strip()):
+        empty = "code" if not value.strip() else "system before '|'"
+        raise UsageError(f"--code '{code}': the {empty} is empty",
+                         hint="give a LOINC code (e.g. 18748-4), or SYSTEM|CODE")
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "status": status,
@@ -423,6 +427,9 @@ def _resource_from_file(path: str) -> dict[str, Any]:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--from-file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--from-file {path}: not UTF-8 text",
+                         hint="give a FHIR JSON resource, saved as UTF-8") from None
     try:
         resource = json.loads(text)
     except ValueError as exc:
