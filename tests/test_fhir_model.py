@@ -250,6 +250,16 @@ def test_create_takes_the_id_from_location_else_the_body(
     assert posted[0].headers["Content-Type"].startswith("application/fhir+json")
 
 
+def test_a_rejected_create_hints_at_the_resource_not_at_search_parameters() -> None:
+    outcome = {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "required", "diagnostics": "status is missing"}]}
+    with client_for(lambda r: httpx.Response(400, json=outcome)) as client, \
+            pytest.raises(RemoteError) as caught:
+        fhir.create(client, {"resourceType": "DiagnosticReport"})
+    assert caught.value.hint is not None and "search parameters" not in caught.value.hint
+    assert "resource" in caught.value.hint
+
+
 def test_create_without_any_id_is_a_remote_error() -> None:
     with client_for(lambda r: httpx.Response(201)) as client, pytest.raises(RemoteError):
         fhir.create(client, {"resourceType": "DiagnosticReport"})

@@ -113,6 +113,8 @@ def _fail(response: httpx.Response, what: str) -> NoReturn:
     hint = "the server refused the request; rerun with -vv for the exchange"
     if status == 404 and issues:
         hint = "check the type and id"
+    elif status == 400 and issues and not what.startswith("search"):
+        hint = "check the resource against what the server requires"
     elif status == 400 and issues:
         hint = ("check the parameters and values; the server's CapabilityStatement "
                 "([base]/metadata) lists the search parameters it supports")
