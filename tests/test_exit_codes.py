@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
-from cli_helpers import medimg
+from cli_helpers import medimg, write_config
 
 from medimg_cli import __version__
 from medimg_cli.cli import app as app_module
@@ -97,3 +100,52 @@ def test_every_command_has_working_help() -> None:
         result = medimg(*name.split(), "--help")
         assert result.code == 0, f"{name} --help: {result.stderr}"
         assert "Usage: medimg" in result.stdout
+
+
+# --------------------------------------------------------------------------
+# Bad input to the newer commands: exit code, one `medimg:` line, nothing on
+# stdout, nothing on disk damaged. None of these needs a peer.
+
+
+def one_line_error(result: object) -> str:
+    from cli_helpers import Result
+
+    assert isinstance(result, Result)
+    assert result.stdout == "", result.stdout
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("medimg: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def _backend_services_config(tmp_path: Path, key_file: Path) -> Path:
+    return write_config(tmp_path / "c.toml", f"""[profiles.ehr]
+type = "fhir"
+url = "http://127.0.0.1:9/fhir"
+auth = "oauth"
+[profiles.ehr.oauth]
+flow = "backend-services"
+client_id = "c"
+token_url = "http://127.0.0.1:9/token"
+private_key_file = {json.dumps(str(key_file))}
+""")
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ("folder", "is a folder; name the key file to create in it"),
+    ("under-a-file", "cannot write the key pair at oauth.private_key_file"),
+])
+def test_keygen_where_no_key_file_can_be_written_is_a_usage_error(
+    tmp_path: Path, where: str, expected: str
+) -> None:
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    if where == "folder":
+        key_file = tmp_path / "keys"
+        key_file.mkdir()
+    else:
+        key_file = tmp_path / "notes.txt" / "k.pem"
+    config = _backend_services_config(tmp_path, key_file)
+    result = medimg("login", "ehr", "--keygen", "--force", config=config)
+    assert result.code == 2
+    assert expected in one_line_error(result)
+    assert (tmp_path / "notes.txt").read_text() == "keep me\n"
+    assert not list(tmp_path.glob("*.tmp"))  # no stray copy of a private key

@@ -130,13 +130,22 @@ def _keygen(rt: Runtime, profile: Profile, alg: str | None, force: bool) -> None
         raise UsageError(f"--alg {alg}: expected RS384 or ES384")
     if settings.alg and settings.alg != chosen:
         raise UsageError(f"--alg {chosen} does not match oauth.alg = \"{settings.alg}\"")
+    if settings.private_key_file.is_dir():
+        raise UsageError(f"oauth.private_key_file {settings.private_key_file} is a folder",
+                         hint="name the key file to create in it, e.g. "
+                         f"{settings.private_key_file / (profile.name + '.pem')}")
     key = keys.generate_key(chosen)
-    keys.write_private_key(key, settings.private_key_file, force=force)
     jwks = {"keys": [keys.public_jwk(key, chosen, settings.key_id)]}
     text = json.dumps(jwks, indent=2) + "\n"
     jwks_path = settings.private_key_file.with_name(
         settings.private_key_file.stem + ".jwks.json")
-    write_atomic(jwks_path, text.encode())
+    try:
+        keys.write_private_key(key, settings.private_key_file, force=force)
+        write_atomic(jwks_path, text.encode())
+    except OSError as exc:
+        raise UsageError(f"cannot write the key pair at oauth.private_key_file "
+                         f"{settings.private_key_file}: {exc.strerror or exc}",
+                         hint="name a file in a folder you can write to") from None
     rt.stdout.write(text)
     rt.stdout.flush()
     rt.info(f"Wrote the private key to {settings.private_key_file} (owner-only) and the public "
