@@ -149,3 +149,18 @@ def test_keygen_where_no_key_file_can_be_written_is_a_usage_error(
     assert expected in one_line_error(result)
     assert (tmp_path / "notes.txt").read_text() == "keep me\n"
     assert not list(tmp_path.glob("*.tmp"))  # no stray copy of a private key
+
+
+def test_trace_never_overwrites_a_file_that_is_not_a_medimg_trace(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.toml", "")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("important\n")
+    result = medimg("--trace", str(notes), "profiles", config=config)
+    assert result.code == 2
+    assert "exists and is not a medimg trace; not overwriting it" in one_line_error(result)
+    assert notes.read_text() == "important\n"
+    # An earlier trace is replaced, as curl --trace does.
+    trace = tmp_path / "t.log"
+    for _ in range(2):
+        assert medimg("--trace", str(trace), "profiles", config=config).code == 0
+    assert trace.read_text().count("# medimg ") == 1

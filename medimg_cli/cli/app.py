@@ -67,7 +67,9 @@ def main_callback(
         str | None,
         typer.Option("--trace", metavar="FILE", show_default=False,
                      help="Write the whole exchange (associations, DIMSE messages, HTTP) to "
-                     "FILE, with timestamps; PHI hashed, secrets hidden: fit for a vendor."),
+                     "FILE, with timestamps; PHI hashed, secrets hidden: fit for a vendor. "
+                     "An earlier medimg trace in FILE is replaced; any other file is left "
+                     "alone (error)."),
     ] = None,
     no_redact: Annotated[
         bool,
@@ -119,10 +121,18 @@ def _setup_warnings() -> None:
 
 def _setup_trace(path: str, *, redact: bool) -> None:
     """--trace FILE: open the trace; the fast paths that skip pynetdicom's events step aside."""
+    import os
+
     from medimg_cli import trace
     from medimg_cli.errors import UsageError
 
     try:
+        if os.path.isfile(path) and os.path.getsize(path) > 0:
+            with open(path, "rb") as existing:
+                if not existing.read(9) == b"# medimg ":
+                    raise UsageError(f"--trace {path}: the file exists and is not a medimg "
+                                     "trace; not overwriting it",
+                                     hint="give a new file name, or remove the file first")
         trace.start(path, redact=redact)
     except OSError as exc:
         raise UsageError(f"--trace {path}: cannot write there: {exc.strerror or exc}") from None
