@@ -170,7 +170,7 @@ def _env_name(value: Any) -> str:
 
 def _tls_version(value: Any) -> str:
     # `tls_min_version = 1.2` (a TOML number) is as likely as "1.2".
-    text = f"{value:.1f}" if isinstance(value, float) else value
+    text = str(value) if isinstance(value, float) else value  # 1.25 is not 1.2
     if text not in ("1.2", "1.3"):
         raise ValueError('a TLS version: "1.2" or "1.3"')
     return str(text)

@@ -89,6 +89,16 @@ def test_lookup_order_flag_then_env_then_user_dir(
         ('hots = "x"', "[profiles.p] hots: unknown key | did you mean 'host'?"),
         ("tls = 1", "[profiles.p] tls: expected true or false, found 1"),
         ('vendor = "acme"', "[profiles.p] vendor: expected one of generic, ge-centricity"),
+        ("tls_min_version = 1.25", "[profiles.p] tls_min_version: expected a TLS version"),
+        ("tls_min_version = true", "[profiles.p] tls_min_version: expected a TLS version"),
+        ('tls_verify = "false"', "[profiles.p] tls_verify: expected true or false, found 'false'"),
+        ("receive_tls = 1", "[profiles.p] receive_tls: expected true or false, found 1"),
+        ("ca_file = 5", "[profiles.p] ca_file: expected a non-empty string, found 5"),
+        ('key_file = ""', "[profiles.p] key_file: expected a non-empty string, found ''"),
+        ("user_identity = true", "[profiles.p] user_identity: expected one of username,"),
+        ('passcode_env = "1BAD"', "[profiles.p] passcode_env: expected the name of an environ"),
+        ('identity_response = "no"', "[profiles.p] identity_response: expected true or false"),
+        ("vendor = 3", "[profiles.p] vendor: expected one of generic, ge-centricity"),
     ],
 )
 def test_bad_key_errors_name_file_profile_key_expected_and_found(
