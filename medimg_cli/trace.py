@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 ENV_FILE = "MEDIMG_TRACE_FILE"
 ENV_SALT = "MEDIMG_TRACE_SALT"
@@ -97,6 +97,20 @@ def is_secret_key(key: str) -> bool:
     return k in _SECRET_EXACT or any(word in k for word in _SECRET_WORDS)
 
 
+# FHIR search parameters whose values are PHI (modifiers and chains included:
+# name:exact, subject:Patient.identifier).
+_PHI_FHIR_PARAMS = frozenset({
+    "name", "family", "given", "birthdate", "identifier", "phone", "email", "telecom",
+    "address", "address-city", "address-postalcode", "address-state", "patient", "subject",
+    "phonetic", "death-date",
+})
+
+
+def _phi_fhir_param(key: str) -> bool:
+    return any(part.split(":")[0] in _PHI_FHIR_PARAMS
+               for part in key.strip().lower().split("."))
+
+
 def _phi_key(key: str) -> bool:
     k = key.strip()
     if k.upper() in PHI_TAGS or k in PHI_KEYWORDS:
@@ -151,18 +165,25 @@ class Redactor:
         netloc = parts.netloc
         if "@" in netloc:
             netloc = SECRET + "@" + netloc.rsplit("@", 1)[1]
+        path = parts.path
+        if self.redact and "/Patient/" in path:  # a FHIR Patient read: the id is PHI
+            segments = path.split("/")
+            for i in range(1, len(segments)):
+                if segments[i - 1] == "Patient" and segments[i] and segments[i][0] not in "$_":
+                    segments[i] = self.phi(unquote(segments[i]))
+            path = "/".join(segments)
         query = parts.query
         if query:
             query = "&".join(
-                f"{quote(k, safe='.,')}={self.param(k, v)}"
+                f"{quote(k, safe='.,:')}={self.param(k, v)}"
                 for k, v in parse_qsl(query, keep_blank_values=True)
             )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
 
     def param(self, key: str, value: str) -> str:
         if is_secret_key(key):
             return SECRET
-        if _phi_key(key):
+        if _phi_key(key) or _phi_fhir_param(key):
             return self.phi(value)
         return quote(value, safe="*,.:-^_ /")
 

@@ -7,6 +7,7 @@ OperationOutcome), and bad requests answered with HTTP errors while it keeps ser
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -428,3 +429,53 @@ def test_rendered_png_is_orthancs_and_jpeg_decodes(sandbox: Sandbox, orthanc: Or
     _, _, png_pixels = decode_png(ours)
     assert len(decoded) == len(png_pixels) == inst.rows * inst.columns
     assert sum(abs(a - b) for a, b in zip(decoded, png_pixels, strict=True)) / len(decoded) < 8
+
+
+# --------------------------------------------------------------------------
+# The console lines: PHI redacted unless --no-redact
+
+
+def _queries_by_name_and_id(config: Path) -> None:
+    """A DICOMweb find by name, a C-FIND by ID, FHIR searches by name and patient, a read."""
+    for args in (("find", "web", "--name", "Müller*"), ("find", "dimse", "--patient-id", "PAT004"),
+                 ("fhir", "patient", "ehr", "--name", "müller"),
+                 ("fhir", "studies", "ehr", "--patient", "PAT003"),
+                 ("fhir", "patient", "ehr", "PAT005")):
+        result = medimg(*args, config=config)
+        assert result.code in (0, 4, 5), result.stderr  # an empty sandbox has no PAT005
+
+
+def _log_after(peer: Sandbox, offset: int, wanted: str, count: int) -> str:
+    """The sandbox's stdout after `offset`, once `count` lines containing `wanted` are in."""
+    deadline = time.monotonic() + 10
+    while True:
+        text = peer.log_path.read_bytes()[offset:].decode("utf-8", "replace")
+        if text.count(wanted) >= count or time.monotonic() > deadline:
+            return text
+        time.sleep(0.05)
+
+
+QUERIED = ("müller", "m%c3%bc", "pat003", "pat004", "pat005")
+
+
+def test_console_lines_hash_the_patient_data_of_queries(config: Path,
+                                                       sandbox: Sandbox) -> None:
+    offset = sandbox.log_path.stat().st_size
+    _queries_by_name_and_id(config)
+    log = _log_after(sandbox, offset, "GET /fhir/", 3)
+    assert "GET /dicom-web/studies?" in log and "C-FIND STUDY" in log
+    assert "GET /fhir/Patient?name=<PHI:" in log and "GET /fhir/Patient/<PHI:" in log
+    assert "GET /fhir/ImagingStudy?patient=<PHI:" in log
+    assert [value for value in QUERIED if value in log.lower()] == []
+
+
+def test_console_lines_keep_the_patient_data_with_no_redact(
+        tmp_path: Path, fresh_sandbox: Callable[..., Sandbox]) -> None:
+    peer = fresh_sandbox(extra_args=["--no-redact"])
+    config = write_config(tmp_path / "nr.toml", peer.profile_toml("dimse"),
+                          peer.dicomweb_profile_toml("web"), peer.fhir_profile_toml("ehr"))
+    _queries_by_name_and_id(config)
+    log = _log_after(peer, 0, "GET /fhir/", 3)
+    assert "<PHI:" not in log
+    assert "GET /fhir/Patient?name=müller" in log and "GET /fhir/Patient/PAT005" in log
+    assert "PatientName=Müller*" in log and "patient=PAT003" in log

@@ -228,6 +228,19 @@ def test_oauth_metadata_stays_readable_and_its_secrets_do_not() -> None:
                     "token_type_hint=refresh_token")
 
 
+def test_fhir_search_parameters_and_patient_reads_are_phi_in_urls() -> None:
+    r = Redactor()
+    url = r.url("https://ehr/fhir/Patient?name:exact=M%C3%BCller&birthdate=1960-06-15"
+                "&gender=male&_count=10")
+    assert "ller" not in url and "1960" not in url
+    assert "name:exact=<PHI:" in url and "gender=male&_count=10" in url
+    read = r.url("https://ehr/fhir/Patient/PAT005/$everything?subject:Patient.identifier=x1")
+    assert "PAT005" not in read and "x1" not in read and read.endswith(
+        "/$everything?subject:Patient.identifier=" + r.phi("x1"))
+    assert Redactor(redact=False).url("https://ehr/fhir/Patient/PAT005") == (
+        "https://ehr/fhir/Patient/PAT005")
+
+
 def test_json_redaction_works_on_a_cut_off_body() -> None:
     r = Redactor()
     body = ('[{"00100010":{"vr":"PN","Value":[{"Alphabetic":"DOE^JOHN"}]},'

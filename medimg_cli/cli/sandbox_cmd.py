@@ -119,6 +119,12 @@ def sandbox_command(
                      "(dicomweb) and sandbox-fhir (fhir) to the config file, other profiles "
                      "untouched; then serve."),
     ] = False,
+    no_redact: Annotated[
+        bool,
+        typer.Option("--no-redact", help="Keep patient data (names, IDs in request paths "
+                     "and queries) in the printed lines; by default it is shown as "
+                     "<PHI:hash>, as in -vv logs and traces. Secrets stay hidden."),
+    ] = False,
 ) -> None:
     """Serve a local PACS (C-ECHO, C-FIND, C-MOVE, C-GET, C-STORE), DICOMweb and FHIR R4
     in the foreground until Ctrl-C, printing every association and request."""
@@ -146,5 +152,6 @@ def sandbox_command(
         rt.info(f"profiles {', '.join(SANDBOX_PROFILES)} written to {path}")
     settings = SandboxSettings(data=(data or default_data_dir()).expanduser(), host=host,
                                dicom_port=dicom_port, http_port=http_port, aet=aet,
-                               destinations=dests, demo=not empty)
+                               destinations=dests, demo=not empty,
+                               redact=not (no_redact or ctx.find_root().params.get("no_redact")))
     serve(settings)

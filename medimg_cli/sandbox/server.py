@@ -2,12 +2,15 @@
 
 On start with an empty index, DICOM files already in the data folder are
 indexed where they are; a folder with none gets the demo studies. Every
-association and request is printed as one line on stdout.
+association and request is printed as one line on stdout, redacted as -vv logs
+and traces are (medimg_cli.trace): PHI in request paths and queries as
+`<PHI:hash>` unless `redact` is off, secrets always hidden.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -36,16 +39,34 @@ class SandboxSettings:
     aet: str = "SANDBOX"
     destinations: dict[str, Destination] = field(default_factory=dict)
     demo: bool = True  # a new, empty data folder gets the demo studies
+    redact: bool = True  # PHI in the console lines hashed (--no-redact keeps it)
+
+
+_REQUEST_PATH = re.compile(r"\b(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS) (/\S*)")
 
 
 class Printer:
-    """One line per event, from any thread, flushed at once (pipes included)."""
+    """One line per event, from any thread, flushed at once (pipes included).
 
-    def __init__(self, stream: Any = None) -> None:
+    Lines may be pasted into tickets: request paths and queries (`GET
+    /fhir/Patient?name=...`) and `Keyword=value` text go through the trace's
+    Redactor; `redact=False` keeps PHI, never secrets.
+    """
+
+    def __init__(self, stream: Any = None, *, redact: bool = True) -> None:
+        from medimg_cli.trace import Redactor
+
         self.stream = stream or sys.stdout
         self.lock = threading.Lock()
+        self.redactor = Redactor(redact)
+
+    def redacted(self, line: str) -> str:
+        r = self.redactor
+        line = _REQUEST_PATH.sub(lambda m: f"{m.group(1)} {r.url(m.group(2))}", line)
+        return r.text(line)
 
     def __call__(self, line: str) -> None:
+        line = self.redacted(line)
         stamp = time.strftime("%H:%M:%S")
         with self.lock:
             try:
@@ -96,7 +117,7 @@ def serve(settings: SandboxSettings, say: Callable[[str], None] | None = None,
     from medimg_cli.sandbox.dimse import DimseServer, DimseSettings, destinations
     from medimg_cli.sandbox.http import HttpServer
 
-    say = say or Printer()
+    say = say or Printer(redact=settings.redact)
     archive = open_archive(settings.data, say, settings.demo)
     dimse = DimseServer(archive, DimseSettings(settings.aet, settings.host, settings.dicom_port,
                                                settings.destinations), say)
