@@ -164,3 +164,33 @@ def test_trace_never_overwrites_a_file_that_is_not_a_medimg_trace(tmp_path: Path
     for _ in range(2):
         assert medimg("--trace", str(trace), "profiles", config=config).code == 0
     assert trace.read_text().count("# medimg ") == 1
+
+
+_HTTP_PROFILES = """[profiles.web]
+type = "dicomweb"
+url = "http://127.0.0.1:9/dicom-web"
+[profiles.ehr]
+type = "fhir"
+url = "http://127.0.0.1:9/fhir"
+[profiles.pacs]
+type = "dimse"
+host = "127.0.0.1"
+port = 9
+called_aet = "PACS"
+"""
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["web", "--aet", "ME", "--timing"], "--aet, --timing: only for DICOM associations; 'web'"),
+    (["ehr", "--user-identity", "username", "--username", "u"],
+     "--user-identity, --username: only for DICOM associations; 'ehr' is a fhir profile"),
+    (["ehr", "--no-identity-response"], "--[no-]identity-response: only for DICOM"),
+    (["web", "--move-check"], "--probe and --move-check need a dimse profile"),
+    (["pacs", "--port", "11113"], "--port goes with --move-check"),
+])
+def test_echo_options_that_do_not_apply_are_a_usage_error_not_ignored(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    result = medimg("echo", *args, config=write_config(tmp_path / "c.toml", _HTTP_PROFILES))
+    assert result.code == 2
+    assert expected in one_line_error(result)

@@ -93,6 +93,21 @@ def echo_command(
 
         raise UsageError(f"--probe and --move-check need a dimse profile; '{profile.name}' "
                          f"is a {profile.type} profile")
+    dimse_only = [opt for opt, given in (
+        ("--aet", calling_aet), ("--aec", called_aet), ("--timing", timing),
+        ("--user-identity", user_identity), ("--username", username),
+        ("--[no-]identity-response", identity_response is not None)) if given]
+    if dimse_only and profile.type != "dimse":
+        from medimg_cli.errors import UsageError
+
+        raise UsageError(f"{', '.join(dimse_only)}: only for DICOM associations; "
+                         f"'{profile.name}' is a {profile.type} profile",
+                         hint="leave them out, or use a dimse profile")
+    if receive_port is not None and not move_check:
+        from medimg_cli.errors import UsageError
+
+        raise UsageError("--port goes with --move-check", hint="add --move-check, or leave "
+                         "--port out (other commands take receive_port from the profile)")
     if profile.type == "fhir":
         from medimg_cli.cli.fhir_cmd import fhir_echo
 
