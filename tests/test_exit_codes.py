@@ -194,3 +194,20 @@ def test_echo_options_that_do_not_apply_are_a_usage_error_not_ignored(
     result = medimg("echo", *args, config=write_config(tmp_path / "c.toml", _HTTP_PROFILES))
     assert result.code == 2
     assert expected in one_line_error(result)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["fhir", "studies", "ehr"], "medimg: Missing option '--patient' / '-p'; see `medimg fhir "
+     "studies --help`"),
+    (["fhir", "report"], "medimg: Missing argument 'PROFILE'; see `medimg fhir report --help`"),
+    (["echo", "pacs", "--port", "99999"], "medimg: Invalid value for '--port': 99999 is not in "
+     "the range 0<=x<=65535; see `medimg echo --help`"),
+    (["profiles", "--vendors", "x"], "medimg: Got unexpected extra argument(s) (x)"),
+    (["nosuchcommand"], "medimg: No such command 'nosuchcommand'; see `medimg --help`"),
+])
+def test_option_parsing_errors_are_one_line_too(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    result = medimg(*args, config=write_config(tmp_path / "c.toml", _HTTP_PROFILES))
+    assert result.code == 2
+    assert one_line_error(result).startswith(expected)

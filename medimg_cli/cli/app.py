@@ -224,6 +224,13 @@ def run(argv: list[str] | None = None) -> int:
         shown = getattr(exc, "show", None)
         code = getattr(exc, "exit_code", None)
         if callable(shown) and isinstance(code, int):  # a Click usage error
+            message = getattr(exc, "format_message", None)
+            text = str(message()).strip().rstrip(".") if callable(message) else ""
+            if code == ExitCode.USAGE and text and "\n" not in text:  # one line, like ours
+                ctx = getattr(exc, "ctx", None)
+                where = getattr(ctx, "command_path", None) or "medimg"
+                report_error(text, f"see `{where} --help`")
+                return code
             shown()
             return code
         if type(exc).__name__ == "Abort":
