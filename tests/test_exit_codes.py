@@ -211,3 +211,18 @@ def test_option_parsing_errors_are_one_line_too(
     result = medimg(*args, config=write_config(tmp_path / "c.toml", _HTTP_PROFILES))
     assert result.code == 2
     assert one_line_error(result).startswith(expected)
+
+
+def test_sandbox_data_folder_whose_index_cannot_be_opened_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    """What a read-only data folder gives (root ignores permissions, so the test puts a
+    folder where the index file goes: sqlite cannot open it either)."""
+    data = tmp_path / "data"
+    (data / "index.sqlite").mkdir(parents=True)
+    result = medimg("sandbox", "--data", str(data), "--dicom-port", "1", "--http-port", "2",
+                    config=tmp_path / "c.toml")
+    assert result.code == 2
+    line = one_line_error(result)
+    assert f"cannot use '{data}' as the sandbox's data folder: cannot open its index" in line
+    assert "choose another with --data" in line

@@ -170,11 +170,17 @@ class Archive:
         self.files = self.root / "files"
         self.files.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
-        self.db = sqlite3.connect(str(self.root / "index.sqlite"), check_same_thread=False,
-                                  isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        try:
+            self.db = sqlite3.connect(str(self.root / "index.sqlite"), check_same_thread=False,
+                                      isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:  # a read-only folder, or index.sqlite is not a database
+            why = str(exc)
+            if "unable to open" in why or "readonly" in why:
+                why += " (is the folder writable?)"
+            raise OSError(f"cannot open its index {self.root / 'index.sqlite'}: {why}") from None
 
     def close(self) -> None:
         with self.lock:
