@@ -226,3 +226,37 @@ def test_sandbox_data_folder_whose_index_cannot_be_opened_is_a_usage_error(
     line = one_line_error(result)
     assert f"cannot use '{data}' as the sandbox's data folder: cannot open its index" in line
     assert "choose another with --data" in line
+
+
+def test_logout_and_token_work_on_the_dimse_identity_that_login_stored(tmp_path: Path) -> None:
+    from oauth_peer import keyring_env
+
+    env = keyring_env(tmp_path / "keyring.json")
+    config = write_config(tmp_path / "c.toml", _HTTP_PROFILES.replace(
+        'called_aet = "PACS"', 'called_aet = "PACS"\nuser_identity = "username-passcode"\n'
+        'username = "u"'))
+    login = medimg("login", "pacs", "--stdin", config=config, env=env, input="pw\n")
+    assert login.code == 0, login.stderr
+    token = medimg("token", "pacs", config=config, env=env)
+    assert (token.code, token.stdout) == (0, "pacs: passcode stored in the keyring\n")
+    logout = medimg("logout", "pacs", config=config, env=env)
+    assert logout.code == 0 and "Removed the passcode of 'pacs'" in logout.stderr
+    assert medimg("token", "pacs", config=config, env=env).code == 4
+    assert "pw" not in login.stderr + token.stdout + logout.stderr
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["login", "pacs"], "'pacs' is a dimse profile with no user_identity; set user_identity"),
+    (["logout", "pacs"], "'pacs' is a dimse profile with no user_identity"),
+    (["login", "web", "--keygen"], "--keygen, --alg and --force are for oauth.flow = "
+     "\"backend-services\"; profile 'web' uses basic"),
+])
+def test_login_on_a_profile_without_that_kind_of_login_says_what_would_need_one(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    config = write_config(tmp_path / "c.toml", _HTTP_PROFILES.replace(
+        'url = "http://127.0.0.1:9/dicom-web"', 'url = "http://127.0.0.1:9/dicom-web"\n'
+        'auth = "basic"\nusername = "u"'))
+    result = medimg(*args, config=config)
+    assert result.code == 2
+    assert expected in one_line_error(result)

@@ -35,10 +35,22 @@ _DIMSE_IDENTITY = {
 
 
 def _need_http(profile: Profile, command: str) -> str:
+    if profile.type == "dimse":
+        identity = profile.get("user_identity")
+        if identity in _DIMSE_IDENTITY:
+            return str(identity)
+        raise UsageError(
+            f"`{command}` is for dicomweb and fhir profiles, and dimse profiles whose "
+            "user_identity needs a secret; '"
+            f"{profile.name}' is a dimse profile with "
+            + (f"user_identity = \"{identity}\" (no secret)" if identity else
+               "no user_identity"),
+            hint="set user_identity = \"username-passcode\", \"jwt\" or \"saml\" if the "
+            "PACS asks for one")
     if profile.type not in ("dicomweb", "fhir"):
         raise UsageError(
             f"`{command}` is for dicomweb and fhir profiles; '{profile.name}' is a "
-            f"{profile.type} profile (DICOM has no login)")
+            f"{profile.type} profile")
     kind = str(profile.get("auth", "none"))
     if kind == "none":
         raise UsageError(f"profile '{profile.name}' has auth = \"none\": nothing to log in to",
@@ -98,8 +110,10 @@ def login_command(
     """
     rt = runtime(ctx)
     profile = rt.profile(profile_name)
-    identity = profile.get("user_identity") if profile.type == "dimse" else None
-    kind = str(identity) if identity in _DIMSE_IDENTITY else _need_http(profile, "login")
+    kind = _need_http(profile, "login")
+    if (keygen or alg or force) and kind != "oauth":
+        raise UsageError(f"--keygen, --alg and --force are for oauth.flow = "
+                         f"\"backend-services\"; profile '{profile.name}' uses {kind}")
     if kind in _STATIC or kind in _DIMSE_IDENTITY:
         from medimg_cli.secrets import keyring_available, keyring_set
 
@@ -266,7 +280,7 @@ def _static_status(rt: Runtime, profile: Profile, kind: str, fmt: str,
                    print_token: bool) -> int:
     from medimg_cli.secrets import keyring_read
 
-    entry, label = _STATIC[kind]
+    entry, label = _STATIC[kind] if kind in _STATIC else _DIMSE_IDENTITY[kind]
     if print_token:
         raise UsageError(f"--print-access-token is for OAuth profiles; '{profile.name}' uses "
                          f"auth = \"{kind}\"")
@@ -289,8 +303,9 @@ def logout_command(ctx: typer.Context, profile_name: ProfileArg) -> None:
     from medimg_cli.secrets import keyring_delete
 
     if kind != "oauth":
-        removed = keyring_delete(profile.name, _STATIC[kind][0])
-        rt.info(f"Removed the {_STATIC[kind][1].lower()} of '{profile.name}' from the keyring."
+        entry, label = _STATIC[kind] if kind in _STATIC else _DIMSE_IDENTITY[kind]
+        removed = keyring_delete(profile.name, entry)
+        rt.info(f"Removed the {label.lower()} of '{profile.name}' from the keyring."
                 if removed else f"'{profile.name}': nothing stored in the keyring.")
         return
     from medimg_cli.auth.session import OAuthSession
