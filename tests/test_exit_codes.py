@@ -260,3 +260,27 @@ def test_login_on_a_profile_without_that_kind_of_login_says_what_would_need_one(
     result = medimg(*args, config=config)
     assert result.code == 2
     assert expected in one_line_error(result)
+
+
+@pytest.mark.parametrize(("command", "keys", "expected"), [
+    ("echo", 'ca_file = "{missing}"', "ca_file {missing} does not exist or is not a file"),
+    ("echo", 'ca_file = "{tmp}"', "ca_file {tmp} does not exist or is not a file"),
+    ("echo", 'ca_file = "{notes}"', "ca_file {notes} holds no usable certificate"),
+    ("echo", 'cert_file = "{notes}"', "cannot use cert_file {notes} with key_file (in cert_f"),
+    ("echo", 'key_file = "{notes}"', "key_file without cert_file; set cert_file"),
+    ("login", 'ca_file = "{notes}"\nauth = "oauth"\noauth.flow = "client-credentials"\n'
+     'oauth.client_id = "c"', "ca_file {notes} holds no usable certificate"),
+    ("fhir patient", 'ca_file = "{notes}"\nauth = "oauth"\noauth.flow = "client-credentials"\n'
+     'oauth.client_id = "c"', "ca_file {notes} holds no usable certificate"),
+])
+def test_bad_tls_files_of_an_http_profile_are_a_config_error(
+    tmp_path: Path, command: str, keys: str, expected: str
+) -> None:
+    names = {"missing": str(tmp_path / "no-such.pem"), "tmp": str(tmp_path),
+             "notes": str(tmp_path / "notes.txt")}
+    (tmp_path / "notes.txt").write_text("not a certificate\n")
+    config = write_config(tmp_path / "c.toml", '[profiles.ehr]\ntype = "fhir"\n'
+                          'url = "https://127.0.0.1:9/fhir"\n' + keys.format(**names))
+    result = medimg(*command.split(), "ehr", config=config)
+    assert result.code == 2
+    assert f"medimg: profile 'ehr': {expected.format(**names)}" in one_line_error(result)

@@ -55,6 +55,10 @@ def _need_http(profile: Profile, command: str) -> str:
     if kind == "none":
         raise UsageError(f"profile '{profile.name}' has auth = \"none\": nothing to log in to",
                          hint="set auth = \"basic\", \"bearer\", \"api-key\" or \"oauth\"")
+    if kind == "oauth":
+        from medimg_cli.dicomweb.client import tls_for
+
+        tls_for(profile)  # a bad ca_file/cert_file: one line here, not an ssl error later
     return kind
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from medimg_cli.errors import ConnectError, RefusedError, RemoteError, UsageError
+from medimg_cli.errors import ConfigError, ConnectError, RefusedError, RemoteError, UsageError
 
 if TYPE_CHECKING:
     import httpx
@@ -68,6 +68,55 @@ def _auth_headers(profile: Profile) -> tuple[dict[str, str], Any]:
     )
 
 
+def tls_for(profile: Profile) -> tuple[Any, Any]:
+    """httpx's `verify` and `cert` for an HTTP profile, the files checked first: a missing,
+    unreadable or wrong ca_file, cert_file or key_file is one clear line (exit 2)."""
+    import ssl
+    from pathlib import Path
+
+    def path_of(key: str) -> str | None:
+        value = profile.get(key)
+        if not value:
+            return None
+        path = Path(str(value)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"profile '{profile.name}': {key} {path} does not exist or is "
+                              "not a file", hint=f"check {key} in profile '{profile.name}'")
+        return str(path)
+
+    ca, cert, key = path_of("ca_file"), path_of("cert_file"), path_of("key_file")
+    verify: Any = True
+    if ca and profile.get("verify") is not False:
+        try:
+            verify = ssl.create_default_context(cafile=ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"profile '{profile.name}': ca_file {ca} holds no usable "
+                              f"certificate: {getattr(exc, 'reason', None) or exc}",
+                              hint="ca_file must be a PEM file with the CA certificate(s)"
+                              ) from None
+    if profile.get("verify") is False:
+        verify = False
+    if key and not cert:
+        raise ConfigError(f"profile '{profile.name}': key_file without cert_file",
+                          hint="set cert_file to the certificate that goes with the key")
+    if not cert:
+        return verify, None
+
+    def no_password() -> str:
+        raise ConfigError(f"profile '{profile.name}': key_file {key or cert} is encrypted",
+                          hint="medimg needs an unencrypted private key file readable only "
+                          "by you (e.g. `openssl pkey -in KEY -out KEY.plain`, chmod 600)")
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=no_password)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"profile '{profile.name}': cannot use cert_file {cert} with key_file "
+                          f"{key or '(in cert_file)'}: {getattr(exc, 'reason', None) or exc}",
+                          hint="the key must be the certificate's private key, both in PEM "
+                          "format") from None
+    return verify, ((cert, key) if key else cert)
+
+
 @contextmanager
 def open_client(profile: Profile, *, timeout: float | None = None) -> Iterator[httpx.Client]:
     """An httpx client for the profile: base URL, timeouts, TLS, authentication."""
@@ -75,19 +124,10 @@ def open_client(profile: Profile, *, timeout: float | None = None) -> Iterator[h
 
     from medimg_cli.dicomweb.tracing import event_hooks as trace_hooks
 
+    verify, cert = tls_for(profile)
     headers, auth = _auth_headers(profile)
-    verify: Any = True
-    if profile.get("ca_file"):
-        import ssl
-
-        verify = ssl.create_default_context(cafile=str(profile.get("ca_file")))
     if profile.get("verify") is False:
         log.warning("TLS certificate verification is OFF for profile '%s'", profile.name)
-        verify = False
-    cert = None
-    if profile.get("cert_file"):
-        cert = (str(profile.get("cert_file")), str(profile.get("key_file") or "")) if profile.get(
-            "key_file") else str(profile.get("cert_file"))
     limit = timeout if timeout is not None else profile.timeout
     client = httpx.Client(
         base_url=str(profile.get("url")).rstrip("/") + "/",
