@@ -346,6 +346,19 @@ def test_report_with_an_empty_code_or_system_is_a_usage_error(
     assert one_line_error(result).startswith(f"medimg: --code '{code}': the {empty} is empty;")
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["-p", "a b"], "medimg: 'a b' is not a FHIR id;"),
+    (["-p", "pat001", "--status", "done"], "medimg: --status 'done' is not one of registered,"),
+    (["-p", "pat001", "--status", "available,bogus"], "medimg: --status 'available,bogus' is"),
+])
+def test_studies_with_a_bad_patient_id_or_status_is_a_usage_error(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    result = medimg("fhir", "studies", "ehr", *args, config=_no_server_config(tmp_path))
+    assert result.code == 2
+    assert one_line_error(result).startswith(expected)
+
+
 def test_get_seeded_report_as_table(fhir_server: FhirServer, config: Path) -> None:
     result = fhir(fhir_server, config, "fhir", "get", "ehr", f"DiagnosticReport/{REPORT_ID}",
                   "-f", "table")

@@ -41,6 +41,7 @@ fhir_app = typer.Typer(
 
 LIST_FORMATS = ("table", "json", "jsonl", "csv")
 GENDERS = ("male", "female", "other", "unknown")
+STUDY_STATUSES = ("registered", "available", "cancelled", "entered-in-error", "unknown")
 REPORT_STATUSES = ("registered", "partial", "preliminary", "final", "amended", "corrected",
                    "appended", "cancelled", "entered-in-error", "unknown")
 LOINC = "http://loinc.org"
@@ -293,9 +294,14 @@ def studies_command(
     `--format uids` prints their DICOM Study Instance UIDs, one a line:
     `medimg fhir studies EHR -p ID -f uids | medimg wadoget PACS --uids-from -`.
     """
+    from medimg_cli.fhir.client import check_id
+
     rt, profile = _fhir_profile(ctx, profile_name, "fhir studies")
     fmt = check_format(fmt, rt, (*LIST_FORMATS, "uids"))
-    params = [("patient", patient)]
+    params = [("patient", check_id(patient.removeprefix("Patient/")))]
+    if status and not set(status.split(",")) <= set(STUDY_STATUSES):
+        raise UsageError(f"--status '{status}' is not one of {', '.join(STUDY_STATUSES)}",
+                         hint="several: comma-separated, e.g. available,registered")
     if status:
         params.append(("status", status))
     if since:
