@@ -284,3 +284,14 @@ def test_bad_tls_files_of_an_http_profile_are_a_config_error(
     result = medimg(*command.split(), "ehr", config=config)
     assert result.code == 2
     assert f"medimg: profile 'ehr': {expected.format(**names)}" in one_line_error(result)
+
+
+def test_tls_keys_without_tls_true_are_named_in_a_warning(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.toml", _HTTP_PROFILES.replace(
+        'called_aet = "PACS"', 'called_aet = "PACS"\nca_file = "ca.pem"\ntls_verify = false'))
+    result = medimg("echo", "pacs", "--timeout", "5", config=config)
+    assert result.code == 3  # nothing listens on port 9
+    warning, error = result.stderr.splitlines()
+    assert warning == ("medimg: warning: profile 'pacs' sets ca_file, tls_verify but not "
+                       "tls = true: the association is plain DICOM (set tls = true for DICOM TLS)")
+    assert error.startswith("medimg: ")

@@ -46,6 +46,14 @@ def dimse_target(
 
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout {timeout:g}: expected a number of seconds greater than 0")
+    unused = [key for key in ("ca_file", "cert_file", "key_file", "tls_verify", "tls_min_version")
+              if profile.get(key) is not None]
+    if unused and not profile.get("tls", False) and not profile.get("receive_tls", False):
+        import logging
+
+        logging.getLogger("medimg").warning(
+            "profile '%s' sets %s but not tls = true: the association is plain DICOM (set "
+            "tls = true for DICOM TLS)", profile.name, ", ".join(unused))
     return Target(
         host=profile.host,
         port=profile.port,
