@@ -286,12 +286,19 @@ def test_bad_tls_files_of_an_http_profile_are_a_config_error(
     assert f"medimg: profile 'ehr': {expected.format(**names)}" in one_line_error(result)
 
 
-def test_tls_keys_without_tls_true_are_named_in_a_warning(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("keys", "expected"), [
+    ('ca_file = "ca.pem"\ntls_verify = false', "sets ca_file, tls_verify but not tls = true: "
+     "the association is plain DICOM (set tls = true for DICOM TLS)"),
+    ('username = "u"\nidentity_file = "t.jwt"', "sets username, identity_file but no "
+     "user_identity: the association carries no user identity"),
+])
+def test_keys_that_would_be_ignored_are_named_in_a_warning(
+    tmp_path: Path, keys: str, expected: str
+) -> None:
     config = write_config(tmp_path / "c.toml", _HTTP_PROFILES.replace(
-        'called_aet = "PACS"', 'called_aet = "PACS"\nca_file = "ca.pem"\ntls_verify = false'))
+        'called_aet = "PACS"', f'called_aet = "PACS"\n{keys}'))
     result = medimg("echo", "pacs", "--timeout", "5", config=config)
     assert result.code == 3  # nothing listens on port 9
     warning, error = result.stderr.splitlines()
-    assert warning == ("medimg: warning: profile 'pacs' sets ca_file, tls_verify but not "
-                       "tls = true: the association is plain DICOM (set tls = true for DICOM TLS)")
+    assert warning.startswith(f"medimg: warning: profile 'pacs' {expected}")
     assert error.startswith("medimg: ")

@@ -54,6 +54,16 @@ def dimse_target(
         logging.getLogger("medimg").warning(
             "profile '%s' sets %s but not tls = true: the association is plain DICOM (set "
             "tls = true for DICOM TLS)", profile.name, ", ".join(unused))
+    unused = [key for key in ("username", "passcode_env", "password_env", "identity_token_env",
+                              "identity_file", "identity_response")
+              if profile.get(key) is not None]
+    if unused and user_identity is None:
+        import logging
+
+        logging.getLogger("medimg").warning(
+            "profile '%s' sets %s but no user_identity: the association carries no user "
+            "identity (set user_identity = \"username-passcode\", \"jwt\", ...)",
+            profile.name, ", ".join(unused))
     return Target(
         host=profile.host,
         port=profile.port,
