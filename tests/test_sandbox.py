@@ -368,6 +368,37 @@ def test_write_profiles_adds_three_and_leaves_the_rest(tmp_path: Path) -> None:
     assert loaded.profile("zz").endpoint == "https://x/dicom-web"
 
 
+def test_write_profiles_keeps_the_previous_file_when_it_replaces_a_different_profile(
+    tmp_path: Path,
+) -> None:
+    from medimg_cli.cli.sandbox_cmd import write_profiles
+
+    config = tmp_path / "config.toml"
+    original = ('# mine\n[profiles.sandbox]\ntype = "dimse"\nhost = "10.0.0.5"\n'
+                'called_aet = "REAL"\n')
+    config.write_text(original)
+    backup = write_profiles(config, "127.0.0.1", 4242, 4280, "SANDBOX")
+    assert backup == tmp_path / "config.toml.bak" and backup.read_text() == original
+    assert "REAL" not in config.read_text()
+    backup.unlink()
+    assert write_profiles(config, "127.0.0.1", 4242, 4280, "SANDBOX") is None  # same again
+    assert not backup.exists()
+    fresh = tmp_path / "new.toml"
+    assert write_profiles(fresh, "127.0.0.1", 4242, 4280, "SANDBOX") is None
+
+
+def test_write_profiles_into_a_folder_that_cannot_be_written_is_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "not-a-folder").write_text("x")
+    result = medimg("sandbox", "--write-profiles", "--data", str(tmp_path / "data"),
+                    config=tmp_path / "not-a-folder" / "config.toml")
+    assert result.code == 2 and result.stdout == ""
+    assert result.stderr.startswith("medimg: --write-profiles: cannot write ")
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "data").exists()  # stopped before serving anything
+
+
 def test_write_profiles_from_the_command_line_then_echo_and_own_receiver(tmp_path: Path) -> None:
     dicom_port, http_port = free_port(), free_port()
     config = tmp_path / "config.toml"

@@ -57,8 +57,11 @@ def merge_profiles(existing: str, addition: str) -> str:
 
 
 def write_profiles(config_path: Path, host: str, dicom_port: int, http_port: int,
-                   aet: str) -> None:
+                   aet: str) -> Path | None:
+    """Add (or replace) the sandbox profiles; when that changes a sandbox profile the
+    file already had, the previous file is kept as CONFIG.bak (returned)."""
     from medimg_cli.config import parse_config
+    from medimg_cli.errors import ConfigError
     from medimg_cli.storage import write_atomic
 
     try:
@@ -66,9 +69,28 @@ def write_profiles(config_path: Path, host: str, dicom_port: int, http_port: int
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read config file {config_path}: {exc}") from None
     text = merge_profiles(existing, profiles_text(host, dicom_port, http_port, aet))
-    parse_config(text, config_path)  # never write a config that does not load
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(config_path, text.encode("utf-8"))
+    new = parse_config(text, config_path).profiles  # never write a config that does not load
+    backup = None
+    changed = False
+    if existing.strip() and text != existing:
+        try:
+            old = parse_config(existing, config_path).profiles
+            changed = any(name in old and old[name].values != new[name].values
+                          for name in SANDBOX_PROFILES)
+        except ConfigError:
+            changed = True
+    try:
+        if changed:
+            backup = config_path.with_name(config_path.name + ".bak")
+            write_atomic(backup, existing.encode("utf-8"))
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(config_path, text.encode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"--write-profiles: cannot write {backup or config_path}: "
+                         f"{exc.strerror or exc}",
+                         hint="check the config folder's permissions, or leave out "
+                         "--write-profiles") from None
+    return backup
 
 
 def own_receiver(rt: Runtime) -> str:
@@ -117,7 +139,8 @@ def sandbox_command(
         bool,
         typer.Option("--write-profiles", help="Add the profiles sandbox (dimse), sandbox-web "
                      "(dicomweb) and sandbox-fhir (fhir) to the config file, other profiles "
-                     "untouched; then serve."),
+                     "untouched (when this changes sandbox profiles already there, the "
+                     "previous file is kept as CONFIG.bak); then serve."),
     ] = False,
     no_redact: Annotated[
         bool,
@@ -148,8 +171,10 @@ def sandbox_command(
         raise UsageError("--dicom-port and --http-port must differ")
     if write_profiles_flag:
         path = resolve_config_path(rt.config_path)
-        write_profiles(path, host, dicom_port, http_port, aet)
-        rt.info(f"profiles {', '.join(SANDBOX_PROFILES)} written to {path}")
+        backup = write_profiles(path, host, dicom_port, http_port, aet)
+        rt.info(f"profiles {', '.join(SANDBOX_PROFILES)} written to {path}"
+                + (f" (they replace different ones: the previous file is {backup})"
+                   if backup else ""))
     settings = SandboxSettings(data=(data or default_data_dir()).expanduser(), host=host,
                                dicom_port=dicom_port, http_port=http_port, aet=aet,
                                destinations=dests, demo=not empty,
