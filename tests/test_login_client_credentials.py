@@ -121,6 +121,17 @@ def test_wrong_client_secret_is_refused_without_showing_it(tmp_path: Path,
     assert "Traceback" not in result.stderr
 
 
+def test_unset_client_secret_env_is_named_when_there_is_no_terminal_to_ask(
+        tmp_path: Path, oauth_server: OAuthServer) -> None:
+    config = write_config(tmp_path / "c.toml", oauth_server.profile_toml("ehr"))
+    result = medimg("login", "ehr", config=config, env=keyring_env(tmp_path / "k.json"))
+    assert result.code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medimg: "), result.stderr
+    assert f"${SECRET_ENV} is not set" in lines[0] and "--stdin" in lines[0]
+    assert result.stdout == ""
+
+
 @pytest.mark.parametrize("client_id", [RS384_CLIENT, ES384_CLIENT])
 def test_backend_services_signs_the_assertion_the_client_is_registered_for(
         tmp_path: Path, oauth_server: OAuthServer, client_id: str) -> None:

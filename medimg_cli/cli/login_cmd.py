@@ -62,13 +62,16 @@ def _need_http(profile: Profile, command: str) -> str:
     return kind
 
 
-def _read_secret(rt: Runtime, label: str, from_stdin: bool) -> str:
+def _read_secret(rt: Runtime, label: str, from_stdin: bool, env: str | None = None) -> str:
     if from_stdin:
         value = sys.stdin.readline().rstrip("\r\n")
     else:
         if not sys.stdin.isatty():
-            raise UsageError(f"cannot prompt for the {label.lower()}: stdin is not a terminal",
-                             hint="pipe it in with --stdin")
+            unset = f"${env} is not set and " if env else ""
+            raise UsageError(f"cannot prompt for the {label.lower()}: {unset}stdin is not a "
+                             "terminal", hint="pipe it in with --stdin"
+                             + (f", or set {env} (the profile's client_secret_env)"
+                                if env else ""))
         import getpass
 
         value = getpass.getpass(f"{label}: ")
@@ -199,7 +202,7 @@ def _oauth_login(rt: Runtime, profile: Profile, *, stdin: bool, open_browser: bo
         env = settings.client_secret_env
         if not (env and os.environ.get(env)) and (stdin or not keyring_get(profile.name,
                                                                           "client_secret")):
-            secret = _read_secret(rt, "Client secret", stdin)
+            secret = _read_secret(rt, "Client secret", stdin, env)
             keyring_set(profile.name, "client_secret", secret, "OAuth client secret")
             stored_secret = True
     try:
