@@ -297,6 +297,21 @@ class Peer:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
 
+    def _launch(self, argv: Sequence[str], timeout: float, what: str, may_retry: bool) -> bool:
+        """Spawn and wait for `what`. False when it exited early and another try may follow
+        (most likely a port taken between free_ports() and its bind); raises otherwise."""
+        t0 = time.monotonic()
+        self._spawn(argv)
+        try:
+            self._wait_ready(self._ready, timeout, what)
+        except PeerStartError as exc:
+            self.stop(graceful=False)
+            if exc.exited and may_retry:
+                return False
+            raise
+        self.started_seconds = time.monotonic() - t0
+        return True
+
     def terminate(self) -> None:
         """Send SIGTERM to the peer's process group; do not wait (see :meth:`stop`)."""
         proc = self.process
@@ -494,17 +509,9 @@ class Orthanc(Peer):
                 peer.auth_headers = {"Authorization": f"Basic {token}"}
             config_path = workdir / "orthanc.json"
             config_path.write_text(json.dumps(peer.config, indent=2, ensure_ascii=False))
-            t0 = time.monotonic()
-            peer._spawn([binary, str(config_path)])
-            try:
-                peer._wait_ready(peer._ready, timeout, "answer on GET /system")
-            except PeerStartError as exc:
-                peer.stop(graceful=False)
-                if exc.exited and attempt < attempts:  # most likely a port race
-                    continue
-                raise
-            peer.started_seconds = time.monotonic() - t0
-            return peer
+            if peer._launch([binary, str(config_path)], timeout, "answer on GET /system",
+                            may_retry=attempt < attempts):
+                return peer
         raise AssertionError("unreachable")
 
     def _ready(self) -> bool:
@@ -693,20 +700,10 @@ class Dcmqrscp(Peer):
                     allowed_callers=allowed_callers,
                 )
             )
-            t0 = time.monotonic()
-            peer._spawn(
-                [binary, "-d" if debug else "-v", "-c", str(peer.config_path),
-                 *extra_args, str(port)]
-            )
-            try:
-                peer._wait_ready(peer._ready, timeout, "C-ECHO success")
-            except PeerStartError as exc:
-                peer.stop(graceful=False)
-                if exc.exited and attempt < attempts:
-                    continue
-                raise
-            peer.started_seconds = time.monotonic() - t0
-            return peer
+            argv = [binary, "-d" if debug else "-v", "-c", str(peer.config_path),
+                    *extra_args, str(port)]
+            if peer._launch(argv, timeout, "C-ECHO success", may_retry=attempt < attempts):
+                return peer
         raise AssertionError("unreachable")
 
     def echo(self, called_aet: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -779,18 +776,10 @@ class Storescp(Peer):
             (port,) = free_ports(1)
             peer = cls(workdir, port, aet)
             peer.output_dir.mkdir(parents=True, exist_ok=True)
-            t0 = time.monotonic()
-            peer._spawn([binary, "-v", "--output-directory", str(peer.output_dir),
-                         "-aet", aet, *extra_args, str(port)])
-            try:
-                peer._wait_ready(peer._ready, timeout, "C-ECHO success")
-            except PeerStartError as exc:
-                peer.stop(graceful=False)
-                if exc.exited and attempt < attempts:
-                    continue
-                raise
-            peer.started_seconds = time.monotonic() - t0
-            return peer
+            argv = [binary, "-v", "--output-directory", str(peer.output_dir), "-aet", aet,
+                    *extra_args, str(port)]
+            if peer._launch(argv, timeout, "C-ECHO success", may_retry=attempt < attempts):
+                return peer
         raise AssertionError("unreachable")
 
     def _ready(self) -> bool:

@@ -21,7 +21,6 @@ from peers import (
     LOOPBACK,
     Modalities,
     Peer,
-    PeerStartError,
     _profile_toml,
     _tcp_connects,
     free_ports,
@@ -87,17 +86,9 @@ class Sandbox(Peer):
             if not demo:
                 peer.argv.append("--empty")
             peer.argv += list(extra_args)
-            t0 = time.monotonic()
-            peer._spawn(peer.argv)
-            try:
-                peer._wait_ready(peer._ready, timeout, "DIMSE and HTTP answer")
-            except PeerStartError as exc:
-                peer.stop(graceful=False)
-                if exc.exited and attempt < attempts:
-                    continue
-                raise
-            peer.started_seconds = time.monotonic() - t0
-            return peer
+            if peer._launch(peer.argv, timeout, "DIMSE and HTTP answer",
+                            may_retry=attempt < attempts):
+                return peer
         raise AssertionError("unreachable")
 
     def restart(self, timeout: float = 30.0) -> None:
