@@ -157,7 +157,8 @@ class FhirServer(Peer):
             with self._opener.open(req, timeout=30) as response:
                 return int(response.status), json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
-            return int(exc.code), json.loads(exc.read() or b"null")
+            with exc:  # an HTTPError holds the response's socket open until closed
+                return int(exc.code), json.loads(exc.read() or b"null")
 
     def load_bundle(self, bundle: dict[str, Any]) -> None:
         status, answer = self.http("POST", "", bundle)

@@ -521,6 +521,9 @@ class Orthanc(Peer):
             req = urllib.request.Request(f"{self.http_url}/system", headers=self.auth_headers)
             with self._opener.open(req, timeout=1) as resp:
                 return bool(resp.status == 200)
+        except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the response's socket open until closed
+            return False
         except (urllib.error.URLError, OSError):
             return False
 

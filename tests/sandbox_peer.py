@@ -105,6 +105,9 @@ class Sandbox(Peer):
         try:
             with self._opener.open(f"{self.http_url}/", timeout=2) as resp:
                 return bool(resp.status == 200)
+        except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the response's socket open until closed
+            return False
         except (urllib.error.URLError, OSError):
             return False
 
@@ -116,7 +119,8 @@ class Sandbox(Peer):
             with self._opener.open(req, timeout=30) as resp:
                 return resp.status, dict(resp.headers), resp.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
+            with exc:  # an HTTPError holds the response's socket open until closed
+                return exc.code, dict(exc.headers), exc.read()
 
     def request(self, method: str, path: str, body: bytes,
                 content_type: str) -> tuple[int, dict[str, str], bytes]:
@@ -126,7 +130,8 @@ class Sandbox(Peer):
             with self._opener.open(req, timeout=30) as resp:
                 return resp.status, dict(resp.headers), resp.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
+            with exc:  # an HTTPError holds the response's socket open until closed
+                return exc.code, dict(exc.headers), exc.read()
 
     def load(self, paths: Iterable[Path], chunk: int = 200) -> None:
         """C-STORE the files with DCMTK's storescu."""

@@ -166,7 +166,8 @@ def orthanc_file(orthanc: Orthanc, uid: str) -> bytes:
     found = orthanc.rest("POST", "/tools/lookup", uid, content_type="text/plain")
     ids = [f["ID"] for f in found if f["Type"] == "Instance"]
     assert len(ids) == 1, found
-    raw: bytes = orthanc._opener.open(f"{orthanc.http_url}/instances/{ids[0]}/file").read()
+    with orthanc._opener.open(f"{orthanc.http_url}/instances/{ids[0]}/file") as resp:
+        raw: bytes = resp.read()
     return raw
 
 
